@@ -1,0 +1,27 @@
+"""Test-wide settings: Triton's interpreter, hypothesis profiles, shared fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Triton kernels must run in the interpreter on CPU machines; this has to be set before any
+# @triton.jit function is defined.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci", max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
+settings.register_profile("dev", max_examples=300, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    """The official processor's reference outputs kept with the tests."""
+    return GOLDEN
