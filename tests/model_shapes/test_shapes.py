@@ -25,9 +25,9 @@ from model_shapes import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared"
-GOLDEN_CONFIG = SHARED / "golden" / "model" / "public_mla" / "config.json"
-GOLDEN_META = SHARED / "golden" / "model" / "public_mla" / "meta.json"
+GOLDEN_MODEL = REPO / "tests" / "golden" / "model" / "public_mla"
+GOLDEN_CONFIG = GOLDEN_MODEL / "config.json"
+GOLDEN_META = GOLDEN_MODEL / "meta.json"
 
 # spec §1: every (m*384, n*384) with m*n <= 9, (width, height), in the [HFconv] order.
 CANDIDATES = [
