@@ -1,0 +1,92 @@
+"""Reject rows: every input record that does not become a sample (or a sequence) ends here, once.
+
+Nothing is dropped silently: a record that fails at any stage becomes exactly one reject row with a
+reason code from `REASONS` and a human-readable detail, so that read = written + rejected holds in
+every count.
+
+Columns, in this fixed order:
+
+- `source` (string): the configured source `name`.
+- `key` (string): the record's key within the source (as in `schemas.sample`), or the file's path
+  relative to the source root when a whole file could not be read.
+- `sample_id` (string, null when the record never got that far): `schemas.sample.sample_id_for`.
+- `stage` (string): one of `STAGES`, where the record was stopped.
+- `reason` (string): a code from `REASONS`.
+- `detail` (string): what exactly was wrong, for a person (the failing value, the limit, the error).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from schemas import table_of
+
+SCHEMA_VERSION = 1
+
+STAGES = ("read", "image", "sample", "sequence", "filter", "dedup")
+"""read: the file or record could not be parsed. image: an image could not be used. sample: the
+record parsed but does not make a valid sample. sequence: the sample could not become a token
+sequence. filter: a configured filter dropped it. dedup: a duplicate of a kept sample."""
+
+REASONS: dict[str, str] = {
+    # read
+    "unreadable_file": "a whole input file could not be opened or parsed; each of its records is rejected",
+    "malformed_record": "a record that is not valid JSON (or not the expected structure)",
+    "missing_field": "a required field of the format is absent or null",
+    "bad_field": "a field has the wrong type or an impossible value",
+    "unsafe_member": "a tar member with an absolute name, '..', a link or a device: never extracted",
+    # image
+    "missing_image": "an image file referenced by the record does not exist",
+    "empty_image": "an image file of zero bytes",
+    "unreadable_image": "image bytes in an unknown format or corrupt",
+    "truncated_image": "image bytes that end before the image does",
+    "zero_size_image": "an image with a zero-sized side",
+    "image_too_large": "an image with more pixels than the configured maximum (decompression bomb guard)",
+    # sample
+    "bad_text": "text that is not valid UTF-8 or contains NUL characters",
+    "empty_text": "an empty caption, turn or document where text is required",
+    "placeholder_mismatch": "the number of <image> placeholders differs from the number of images",
+    "box_outside_image": "a box that does not overlap its image at all",
+    "degenerate_box": "a box with zero or negative width or height",
+    "no_content": "a record with neither usable text nor images",
+    # sequence
+    "too_long": "the token sequence exceeds max_seq_len under the 'drop' length policy",
+    "no_loss_tokens": "a sequence with no token to train on",
+    "bad_tokens": "a token id outside the vocabulary or equal to a special id where text was expected",
+    # filter / dedup
+    "filtered": "dropped by a configured filter (the detail names the filter and the failing value)",
+    "duplicate": "an exact duplicate of a kept sample (the detail names the kept copy)",
+}
+
+SCHEMA = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("sample_id", pa.string()),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string(), nullable=False),
+    ],
+    metadata={"vl2prep.schema": "reject", "vl2prep.schema_version": str(SCHEMA_VERSION)},
+)
+
+
+def reject(source: str, key: str, stage: str, reason: str, detail: str, sample_id: str | None = None) -> dict:
+    """One reject row; raises ValueError for a stage or reason code that is not documented here."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown reject stage {stage!r}; known: {', '.join(STAGES)}")
+    if reason not in REASONS:
+        raise ValueError(f"unknown reject reason {reason!r}; known: {', '.join(REASONS)}")
+    return {
+        "source": source,
+        "key": key,
+        "sample_id": sample_id,
+        "stage": stage,
+        "reason": reason,
+        "detail": detail,
+    }
+
+
+def to_table(rows: list[dict]) -> pa.Table:
+    """Reject rows as a table of exactly `SCHEMA`."""
+    return table_of(rows, SCHEMA)
