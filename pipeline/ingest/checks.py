@@ -1,0 +1,366 @@
+"""Record checks shared by the readers: rejects as exceptions, text, image and box checks, row builders.
+
+A reader turns each record into a sample row (`sample_row`); any check that fails raises `Rejected`
+(stage, reason code from `schemas.reject.REASONS`, detail), which the reader turns into that record's
+reject row (`reject_row`). `FileUnreadable` says the rest of an input file cannot be read at all: it
+becomes one reject row keyed by the file (`file_reject_row`).
+
+Images are checked in this order, and nothing is decoded before the size is known to be allowed:
+empty data (`empty_image`); the header, in one of the accepted formats (`unreadable_image`, except
+`zero_size_image` when a PNG, GIF, BMP or JPEG header declares a zero side, which Pillow refuses to
+open); a zero side; width × height against `max_image_pixels` (`image_too_large`); then, with
+`image_check: full`, the first frame is decoded (`truncated_image` when the data ends early,
+`unreadable_image` for any other decoding failure; JPEGs at 1/8 scale, which reads every byte of the
+compressed data like a full-size decode but skips most of the inverse DCT: the pixels are only
+checked, never kept). Animated or multi-frame images are accepted: the
+first frame is what the official loader uses; their frame counts go to the sample's meta (`n_frames`,
+one entry per image, only when some image has more than one frame).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import io
+import json
+import math
+import posixpath
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+from PIL import Image
+
+from pipeline.ingest.base import ImageOptions, Row, SourceConfig, filesystem
+from schemas import reject as reject_schema
+from schemas import sample as sample_schema
+
+__all__ = [
+    "CheckedImage",
+    "FileUnreadable",
+    "Rejected",
+    "check_image",
+    "check_text",
+    "clip_box",
+    "declared_size",
+    "file_reject_row",
+    "image_path",
+    "image_segment",
+    "load_image",
+    "meta_json",
+    "reject_row",
+    "sample_row",
+    "text_segment",
+]
+
+
+class Rejected(Exception):
+    """A record that cannot become a sample: where (stage), why (reason code) and what (detail)."""
+
+    def __init__(self, stage: str, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.stage = stage
+        self.reason = reason
+        self.detail = detail
+
+
+class FileUnreadable(Exception):
+    """The rest of an input file cannot be read; `detail` says from where and why."""
+
+    def __init__(self, detail: str, reason: str = "unreadable_file") -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.reason = reason
+
+
+def valid_text(value: str) -> str:
+    """`value` as a string Arrow accepts: lone surrogates (undecodable bytes) become `\\udcxx` escapes."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def sample_row(
+    config: SourceConfig,
+    key: str,
+    kind: str,
+    content: list[dict],
+    images: Sequence[CheckedImage] = (),
+    *,
+    regions: Iterable[dict] = (),
+    meta: dict | None = None,
+) -> Row:
+    """A row of `schemas.sample`; `meta` gains `n_frames` when an image has several frames."""
+    key = valid_text(key)
+    meta = dict(meta or {})
+    if any(image.n_frames > 1 for image in images):
+        meta["n_frames"] = [image.n_frames for image in images]
+    return {
+        "sample_id": sample_schema.sample_id_for(config.name, key),
+        "source": config.name,
+        "key": key,
+        "kind": kind,
+        "content": content,
+        "images": [image.row for image in images],
+        "regions": list(regions),
+        "meta": meta_json(meta),
+    }
+
+
+def reject_row(config: SourceConfig, key: str, rejected: Rejected) -> Row:
+    """The reject row of the record `key`."""
+    key = valid_text(key)
+    return reject_schema.reject(
+        config.name,
+        key,
+        rejected.stage,
+        rejected.reason,
+        valid_text(rejected.detail),
+        sample_id=sample_schema.sample_id_for(config.name, key),
+    )
+
+
+def file_reject_row(config: SourceConfig, file: str, problem: FileUnreadable) -> Row:
+    """The reject row standing for every record of `file` that could not be read (no sample id)."""
+    return reject_schema.reject(
+        config.name, valid_text(file), "read", problem.reason, valid_text(problem.detail)
+    )
+
+
+def text_segment(text: str, *, turn: int = 0, role: str | None = None) -> dict:
+    """A text segment of `content`."""
+    return {"turn": turn, "role": role, "type": "text", "text": text, "image": None}
+
+
+def image_segment(index: int, *, turn: int = 0, role: str | None = None) -> dict:
+    """An image segment of `content`: `index` into the sample's images."""
+    return {"turn": turn, "role": role, "type": "image", "text": None, "image": index}
+
+
+def meta_json(meta: dict) -> str:
+    """`meta` as a compact JSON object with sorted keys; values that JSON lacks are made plain
+    (bytes as base64, non-finite floats as null, dates and the rest as strings). `bad_field` when it
+    is nested too deeply to serialize."""
+    try:
+        return json.dumps(_plain(meta), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except RecursionError:
+        raise Rejected(
+            "read", "bad_field", "the record's other fields are nested too deeply to keep"
+        ) from None
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, str):
+        return valid_text(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    return str(value)
+
+
+def check_text(value: object, what: str) -> str:
+    """`value` as usable text: present (`missing_field`), a string (`bad_field`), valid UTF-8 without
+    NUL characters (`bad_text`), not blank (`empty_text`). Undecodable input bytes arrive here as lone
+    surrogates (the readers decode with `surrogateescape`), so they fail the UTF-8 check."""
+    text = text_field(value, what)
+    if not text.strip():
+        raise Rejected("sample", "empty_text", f"{what} is empty")
+    return text
+
+
+def text_field(value: object, what: str) -> str:
+    """Like `check_text`, but blank text is allowed."""
+    if value is None:
+        raise Rejected("read", "missing_field", f"{what} is missing")
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise Rejected("sample", "bad_text", f"{what} is not valid UTF-8: {error}") from None
+    if not isinstance(value, str):
+        raise Rejected("read", "bad_field", f"{what} is {_type_name(value)}, not a string")
+    if "\0" in value:
+        raise Rejected("sample", "bad_text", f"{what} contains a NUL character at {value.index(chr(0))}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise Rejected(
+            "sample", "bad_text", f"{what} is not valid UTF-8 (at character {error.start})"
+        ) from None
+    return value
+
+
+def _type_name(value: object) -> str:
+    names = {dict: "an object", list: "a list", bool: "a boolean", int: "a number", float: "a number"}
+    return names.get(type(value), type(value).__name__)
+
+
+def image_path(value: object, what: str) -> str:
+    """A record's image path, normalized and checked to stay inside `images_root` (`bad_field` for an
+    absolute path, a path leaving the folder, or one that is not valid text)."""
+    if value is None:
+        raise Rejected("read", "missing_field", f"{what} is missing")
+    if not isinstance(value, str) or not value:
+        raise Rejected("read", "bad_field", f"{what} is {_type_name(value)}, not a path")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Rejected("read", "bad_field", f"{what} is not valid UTF-8: {valid_text(value)!r}") from None
+    normalized = posixpath.normpath(value)
+    if "\0" in value or normalized.startswith(("/", "../")) or normalized in ("..", "."):
+        raise Rejected(
+            "read",
+            "bad_field",
+            f"{what} {valid_text(value)!r} must be a path inside images_root, relative to it",
+        )
+    return normalized
+
+
+@dataclass(frozen=True)
+class CheckedImage:
+    """An image that passed the checks: its `schemas.sample.IMAGE` row and its frame count."""
+
+    row: dict
+    n_frames: int
+
+
+def load_image(config: SourceConfig, path: str) -> CheckedImage:
+    """Read and check the image file `path` (from `image_path`) under `images_root`."""
+    fs, base = filesystem(config.images_root)
+    try:
+        with fs.open_input_file(posixpath.join(base, path)) as file:
+            data = file.read()
+    except FileNotFoundError:
+        raise Rejected("image", "missing_image", f"{path} does not exist under images_root") from None
+    except (OSError, pa.ArrowException) as error:
+        raise Rejected("image", "missing_image", f"{path} cannot be read as a file: {error}") from None
+    assert isinstance(config.options, ImageOptions)
+    return check_image(data, path, config.options)
+
+
+def check_image(data: bytes, path: str | None, options: ImageOptions) -> CheckedImage:
+    """Check encoded image bytes (see the module docstring); `path` is what the row records."""
+    name = path if path is not None else "image"
+    if not data:
+        raise Rejected("image", "empty_image", f"{name} has 0 bytes")
+    # Pillow warns about what it tolerates (corrupt EXIF, large sizes): the checks below decide.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            image = Image.open(io.BytesIO(data), formats=options.image_formats)
+        except Image.DecompressionBombError as error:
+            raise Rejected("image", "image_too_large", f"{name}: {error}") from None
+        except Exception as error:  # Pillow's parsers raise many types on hostile bytes.
+            size = declared_size(data)
+            if size is not None and min(size) == 0:  # Pillow refuses these without saying why
+                raise Rejected(
+                    "image", "zero_size_image", f"{name} declares {size[0]}×{size[1]} pixels"
+                ) from None
+            raise Rejected(
+                "image",
+                "unreadable_image",
+                f"{name} is not an image in an accepted format ({', '.join(options.image_formats)}): "
+                f"{type(error).__name__}: {error}",
+            ) from None
+        with image:
+            width, height = image.size
+            if width < 1 or height < 1:
+                raise Rejected("image", "zero_size_image", f"{name} is {width}×{height} pixels")
+            if width * height > options.max_image_pixels:
+                raise Rejected(
+                    "image",
+                    "image_too_large",
+                    f"{name} is {width}×{height} = {width * height} pixels, over max_image_pixels "
+                    f"{options.max_image_pixels}",
+                )
+            try:
+                n_frames = getattr(image, "n_frames", 1)
+                if options.image_check == "full":
+                    if image.format in ("JPEG", "MPO"):
+                        # Decode at 1/8 scale: libjpeg still entropy-decodes all the data, so
+                        # truncation and corruption show as in a full-size decode, at half the cost.
+                        image.draft(None, (max(1, width // 8), max(1, height // 8)))
+                    image.load()
+            except Exception as error:  # as above: decoding failures come in many types
+                message = f"{type(error).__name__}: {error}"
+                truncated = isinstance(error, EOFError) or "truncated" in str(error).lower()
+                reason = "truncated_image" if truncated else "unreadable_image"
+                raise Rejected("image", reason, f"{name} cannot be decoded: {message}") from None
+            image_format = image.format or ""
+    row = {"bytes": data, "path": path, "width": width, "height": height, "format": image_format}
+    return CheckedImage(row, n_frames)
+
+
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) as a PNG, GIF, BMP or JPEG header declares it, or None for anything else;
+    read without Pillow, which refuses to open images with a zero side."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data.startswith((b"GIF87a", b"GIF89a")) and len(data) >= 10:
+        return int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little")
+    if data.startswith(b"BM") and len(data) >= 26:
+        return abs(int.from_bytes(data[18:22], "little", signed=True)), abs(
+            int.from_bytes(data[22:26], "little", signed=True)
+        )
+    if data.startswith(b"\xff\xd8"):
+        return _jpeg_size(data)
+    return None
+
+
+_JPEG_FRAME_MARKERS = frozenset(
+    {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+)
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """The size in the first start-of-frame segment of a JPEG, walking its segments."""
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if 0xD0 <= marker <= 0xD9 or marker == 0x01:  # markers without a length
+            position += 2
+            continue
+        if marker in _JPEG_FRAME_MARKERS:
+            if position + 9 > len(data):
+                return None
+            height = int.from_bytes(data[position + 5 : position + 7], "big")
+            width = int.from_bytes(data[position + 7 : position + 9], "big")
+            return width, height
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+    return None
+
+
+def clip_box(box: object, width: int, height: int, what: str = "box") -> list[float]:
+    """A box `[x1, y1, x2, y2]` in pixels clipped to the `width` × `height` image.
+
+    `bad_field` for anything but four finite numbers; `degenerate_box` when x2 ≤ x1 or y2 ≤ y1;
+    `box_outside_image` when the box does not overlap the image (touching an edge is no overlap).
+    """
+    if (
+        not isinstance(box, list | tuple)
+        or len(box) != 4
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in box)
+    ):
+        raise Rejected("read", "bad_field", f"{what} {box!r} is not four finite numbers [x1, y1, x2, y2]")
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if x2 <= x1 or y2 <= y1:
+        raise Rejected("sample", "degenerate_box", f"{what} {[x1, y1, x2, y2]} has no area")
+    clipped = [max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))]
+    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+        raise Rejected(
+            "sample", "box_outside_image", f"{what} {[x1, y1, x2, y2]} is outside the {width}×{height} image"
+        )
+    return clipped

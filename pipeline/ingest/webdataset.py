@@ -1,0 +1,241 @@
+"""Reader for WebDataset tar shards (`format: webdataset`), as img2dataset writes them.
+
+A shard is an uncompressed tar whose members are grouped into samples by key: the member name up to
+the first dot of its last path component, folder included (`00000/000000123.jpg` → key
+`00000/000000123`, extension `jpg`; extensions are compared in lower case). Members of one sample are
+adjacent. Every group of adjacent members sharing a key is one record:
+
+- image: the first of `image_extensions` present (`missing_field` when none);
+- caption: the `text_extension` member (UTF-8), else the first of `json_text_fields` found in the
+  `.json` member (`missing_field` when none; a `.json` that is not a JSON object is
+  `malformed_record`);
+- meta: the `.json` member's other fields (img2dataset's url, sizes, status, ...); other members
+  are not read.
+
+Safety: members are read from the tar into memory, never extracted, so nothing is written to disk. A
+group with a member whose name is absolute or contains `..`, or that is a link, a device, a FIFO or
+anything but a regular file or a folder is rejected whole as `unsafe_member`, without reading that
+member. A key that appears again after other members, or an extension twice in a group, is
+`bad_field` (a repeated key gets the key `...#<key>#<n>` for its n-th group, to stay unique).
+
+Truncation: the tar is read member by member; when it ends without its end-of-archive marker, or a
+header or a member's data cannot be read, the group being read is rejected as `unreadable_file` (it
+may be incomplete) and nothing after it is read; with no group started, one reject row keyed by the
+file stands for the rest. Key: `<shard relative to the source root>#<member key>`; the image's path
+in the row is its member name.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from collections.abc import Generator
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from pipeline.ingest.base import Format, ImageOptions, Row, SourceConfig, open_input, option
+from pipeline.ingest.checks import (
+    FileUnreadable,
+    Rejected,
+    check_image,
+    check_text,
+    file_reject_row,
+    image_segment,
+    reject_row,
+    sample_row,
+    text_segment,
+    valid_text,
+)
+
+__all__ = ["FORMAT", "WebDatasetOptions", "read_file"]
+
+_TAR_ERRORS = (tarfile.TarError, OSError, EOFError, ValueError, OverflowError, pa.ArrowException)
+_END_OF_ARCHIVE = bytes(tarfile.BLOCKSIZE)
+
+
+@dataclass(frozen=True)
+class WebDatasetOptions(ImageOptions):
+    """Options of `format: webdataset`."""
+
+    image_extensions: tuple[str, ...] = option(
+        ("jpg", "jpeg", "png", "webp"), "member extensions taken as the image, in order of preference"
+    )
+    text_extension: str = option("txt", "member extension holding the caption as UTF-8 text")
+    json_text_fields: tuple[str, ...] = option(
+        ("caption", "text"), "fields of the .json member tried in order when there is no text member"
+    )
+
+
+@dataclass
+class _Group:
+    """The members of one key read so far: extension → (member name, bytes)."""
+
+    key: str
+    occurrence: int
+    members: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    problems: list[Rejected] = field(default_factory=list)
+
+
+def read_file(config: SourceConfig, file: str) -> Generator[Row, None, None]:
+    """One sample or reject row per member group of the shard `file`, in tar order."""
+    try:
+        source = open_input(config.root, file, random_access=True)
+    except (OSError, pa.ArrowException) as error:
+        yield file_reject_row(config, file, FileUnreadable(f"cannot open: {error}"))
+        return
+    with source:
+        try:
+            tar = tarfile.open(fileobj=source, mode="r:")
+        except _TAR_ERRORS as error:
+            yield file_reject_row(config, file, FileUnreadable(f"not a readable uncompressed tar: {error}"))
+            return
+        options = config.options
+        assert isinstance(options, WebDatasetOptions)
+        wanted = {*options.image_extensions, options.text_extension, "json"}
+        occurrences: dict[str, int] = {}
+        group: _Group | None = None
+        problem: str | None = None
+        while True:
+            try:
+                member = tar.next()
+            except _TAR_ERRORS as error:
+                problem = f"a tar header cannot be read: {error}"
+                break
+            if member is None:
+                problem = _end_problem(tar.offset, source)
+                break
+            unsafe = _unsafe(member)
+            if member.isdir() and unsafe is None:
+                continue
+            key, extension = _split_name(member.name)
+            if group is None or key != group.key:
+                if group is not None:
+                    yield _row(config, file, group)
+                occurrences[key] = occurrences.get(key, 0) + 1
+                group = _Group(key, occurrences[key])
+            if unsafe is not None:
+                group.problems.append(Rejected("read", "unsafe_member", unsafe))
+                continue
+            if extension not in wanted:
+                continue  # other members (class labels, features, ...) are not read at all
+            try:
+                data = tar.extractfile(member).read()
+            except _TAR_ERRORS as error:
+                problem = f"member {valid_text(member.name)!r} cannot be read: {error}"
+                break
+            if extension in group.members:
+                detail = f"member {valid_text(member.name)!r} appears twice"
+                group.problems.append(Rejected("read", "bad_field", detail))
+            group.members[extension] = (member.name, data)
+        if group is None:
+            if problem is not None:
+                yield file_reject_row(config, file, FileUnreadable(f"no sample could be read: {problem}"))
+        elif problem is not None:
+            detail = f"the tar ends or breaks inside this sample, and nothing after it can be read: {problem}"
+            yield reject_row(config, _key(file, group), Rejected("read", "unreadable_file", detail))
+        else:
+            yield _row(config, file, group)
+
+
+def _end_problem(offset: int, source: pa.NativeFile) -> str | None:
+    """Why the tar stopped at `offset` (where the next header was expected), or None when it ends
+    with its end-of-archive marker."""
+    try:
+        source.seek(offset)
+        block = source.read(tarfile.BLOCKSIZE)
+    except _TAR_ERRORS as error:
+        return f"cannot read past byte {offset}: {error}"
+    if block == _END_OF_ARCHIVE:
+        return None
+    if not block:
+        return f"the tar ends at byte {offset} without its end-of-archive marker (truncated)"
+    return f"unreadable header at byte {offset} (corrupt or truncated)"
+
+
+def _unsafe(member: tarfile.TarInfo) -> str | None:
+    """Why a member must not be used, or None."""
+    name = valid_text(member.name)
+    parts = member.name.replace("\\", "/").split("/")
+    if member.name.startswith(("/", "\\")) or ".." in parts:
+        return f"member {name!r} has an absolute path or '..'"
+    if not (member.isreg() or member.isdir()):
+        kind = "link" if member.issym() or member.islnk() else "device, FIFO or special file"
+        return f"member {name!r} is a {kind}, not a regular file"
+    return None
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """(key, lower-case extension) of a member name."""
+    dot = name.find(".", name.rfind("/") + 1)
+    if dot < 0:
+        return name, ""
+    return name[:dot], name[dot + 1 :].lower()
+
+
+def _key(file: str, group: _Group) -> str:
+    key = f"{file}#{group.key}"
+    return key if group.occurrence == 1 else f"{key}#{group.occurrence}"
+
+
+def _row(config: SourceConfig, file: str, group: _Group) -> Row:
+    key = _key(file, group)
+    try:
+        return _sample(config, key, group)
+    except Rejected as rejected:
+        return reject_row(config, key, rejected)
+
+
+def _sample(config: SourceConfig, key: str, group: _Group) -> Row:
+    options = config.options
+    assert isinstance(options, WebDatasetOptions)
+    if group.problems:
+        unsafe = [problem for problem in group.problems if problem.reason == "unsafe_member"]
+        raise (unsafe or group.problems)[0]
+    if group.occurrence > 1:
+        raise Rejected(
+            "read",
+            "bad_field",
+            f"key {valid_text(group.key)!r} appears again after other members (time {group.occurrence})",
+        )
+    image_extension = next((ext for ext in options.image_extensions if ext in group.members), None)
+    if image_extension is None:
+        raise Rejected("read", "missing_field", f"no image member ({', '.join(options.image_extensions)})")
+    meta = _json_member(group)
+    if options.text_extension in group.members:
+        caption = check_text(group.members[options.text_extension][1], f".{options.text_extension} member")
+    else:
+        field_name = next((name for name in options.json_text_fields if name in meta), None)
+        if field_name is None:
+            raise Rejected(
+                "read",
+                "missing_field",
+                f"no .{options.text_extension} member and no "
+                f"{' or '.join(options.json_text_fields)} in the .json member",
+            )
+        caption = check_text(meta[field_name], f".json {field_name}")
+    name, data = group.members[image_extension]
+    image = check_image(data, valid_text(name), options)
+    meta = {name: value for name, value in meta.items() if name not in options.json_text_fields}
+    return sample_row(config, key, "caption", [image_segment(0), text_segment(caption)], [image], meta=meta)
+
+
+def _json_member(group: _Group) -> dict:
+    if "json" not in group.members:
+        return {}
+    try:
+        value = json.loads(group.members["json"][1].decode("utf-8", "surrogateescape"))
+    except (ValueError, RecursionError) as error:
+        raise Rejected("read", "malformed_record", f".json member is not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise Rejected("read", "malformed_record", f".json member is not a JSON object: {value!r:.80}")
+    return value
+
+
+FORMAT = Format(
+    name="webdataset",
+    options=WebDatasetOptions,
+    suffixes=(".tar",),
+    uses_images_root=False,
+    read_file=read_file,
+)
