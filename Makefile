@@ -19,6 +19,7 @@ install: $(INSTALLED)
 
 demo: install
 	$(BIN)/vl2prep tile
+	$(BIN)/vl2prep pretokenize jobs/examples/pretokenize.yaml --overwrite
 
 test: install lint
 	$(BIN)/python -m pytest
@@ -29,6 +30,8 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/tiling.py
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/sequences.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis out

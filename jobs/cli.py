@@ -1,8 +1,11 @@
 """The `vl2prep` command line.
 
 Subcommands:
+- `vl2prep pretokenize CONFIG.yaml [--overwrite]`: the main job (see `jobs.pretokenize`).
 - `vl2prep tile IMAGE...`: tile each image exactly as the DeepSeek-VL2 processor does and print its
   grid, tile count and visual-token layout as a table (the end-to-end slice `make demo` runs).
+- `vl2prep train-tokenizer --input FILES --vocab-size N --out PATH`: train a sentencepiece BPE tokenizer
+  (byte fallback, no dummy prefix, ids 0-3 bos/eos/pad/unk) from text files, reproducibly.
 """
 
 from __future__ import annotations
@@ -23,6 +26,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Data preparation for DeepSeek-VL2-style vision-language models.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    pretokenize = commands.add_parser(
+        "pretokenize",
+        help="turn the configured sources into pretokenized Parquet shards with a manifest",
+        description="Read every source of CONFIG, build DeepSeek-VL2 token sequences and write Parquet "
+        "shards, rejects and manifest.json to output.dir, on an embedded Ray (or the cluster in ray.address "
+        "or RAY_ADDRESS). The config is checked completely before Ray starts. A killed run resumes where it "
+        "stopped; a finished output is left alone unless --overwrite.",
+    )
+    pretokenize.add_argument("config", type=Path, help="the job's YAML config")
+    pretokenize.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output (of this or another config)"
+    )
+    pretokenize.set_defaults(run=_run_pretokenize)
 
     tile = commands.add_parser(
         "tile",
@@ -49,8 +66,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     tile.set_defaults(run=_run_tile)
 
+    train = commands.add_parser(
+        "train-tokenizer",
+        help="train a sentencepiece BPE tokenizer from text files",
+        description="Train a sentencepiece BPE model (byte fallback, no dummy prefix, ids 0-3 = "
+        "bos/eos/pad/unk, no other special token) from text files, one sentence per line. The same input "
+        "always gives the same file. With no --input, the text shipped for the default tokenizer is used.",
+    )
+    train.add_argument(
+        "--input",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="UTF-8 text files, read in the order given (default: the shipped training text)",
+    )
+    train.add_argument("--vocab-size", type=int, required=True, metavar="N", help="pieces in the model")
+    train.add_argument("--out", type=Path, required=True, metavar="PATH", help="the .model file to write")
+    train.add_argument(
+        "--shape",
+        default=None,
+        help="check the trained model against this shape (tiny | small | base | toy | a file) after training",
+    )
+    train.set_defaults(run=_run_train_tokenizer)
+
     args = parser.parse_args(argv)
     return args.run(args, parser)
+
+
+def _run_pretokenize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from jobs import pretokenize
+    from jobs.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"{args.config}: {error}", file=sys.stderr)
+        return 2
+    return pretokenize.run(config, overwrite=args.overwrite)
 
 
 def _run_tile(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -126,6 +179,39 @@ def _run_tile(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             "(no pixel decode)."
         )
     return 1 if failures else 0
+
+
+def _run_train_tokenizer(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import model_shapes
+    from pipeline import tokenizer
+
+    shape = None
+    if args.shape is not None:
+        try:
+            shape = model_shapes.load(args.shape)
+        except model_shapes.ShapeError as error:
+            parser.error(f"--shape: {error}")
+    inputs = args.input or tokenizer.default_training_files()
+    missing = [str(path) for path in inputs if not path.is_file()]
+    if missing:
+        parser.error(f"--input: no such file: {', '.join(missing)}")
+    start = time.perf_counter()
+    try:
+        out = tokenizer.train_tokenizer(inputs, args.vocab_size, args.out)
+    except tokenizer.TokenizerError as error:
+        parser.error(str(error))
+    seconds = time.perf_counter() - start
+    print(f"{out}: {tokenizer.file_sha256(out)}")
+    if shape is not None:
+        try:
+            loaded = tokenizer.load(out, shape)
+        except tokenizer.TokenizerError as error:
+            print(f"{out}: {error}", file=sys.stderr)
+            return 1
+        print(f"{loaded.piece_count} pieces, trained in {seconds:.2f} s; fits shape {shape.name}.")
+    else:
+        print(f"trained in {seconds:.2f} s.")
+    return 0
 
 
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

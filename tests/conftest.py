@@ -25,3 +25,17 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 def golden_dir() -> Path:
     """The official processor's reference outputs kept with the tests."""
     return GOLDEN
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole suite (2 CPUs, small object store, no dashboard), shut down at the end.
+    Jobs run in-process find it initialised and reuse it."""
+    import ray
+
+    from jobs.ray_runtime import start_ray  # sets Ray's environment before ray is imported
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    start_ray(num_cpus=2, object_store_memory=512 * 2**20)
+    yield ray
+    ray.shutdown()

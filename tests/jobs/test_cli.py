@@ -51,3 +51,10 @@ def test_console_script_help():
         [sys.executable, "-m", "jobs.cli", "--help"], capture_output=True, text=True, check=True
     )
     assert "tile" in result.stdout
+
+
+def test_pretokenize_config_error_exits_2(tmp_path, capsys):
+    config = tmp_path / "job.yaml"
+    config.write_text("sources: []\noutput: {dir: out}\n")
+    assert cli.main(["pretokenize", str(config)]) == 2
+    assert "sources" in capsys.readouterr().err

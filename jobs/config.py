@@ -1,0 +1,266 @@
+"""The pretokenize job's configuration: a YAML file turned into a validated `JobConfig`.
+
+Everything is checked before Ray starts: unknown keys, wrong types, impossible values, missing input
+paths, an unknown model shape or an unloadable tokenizer are `ConfigError`s that name the key to
+change (`sources[1].format: unknown format ...`, `sequence.overflow: ...`). Only `sources[].name`,
+`sources[].format`, `sources[].path` and `output.dir` are required; every other key has the default
+listed in `REFERENCE` (the README's config table is this list). Relative paths resolve against the
+config file's folder; input paths and `output.dir` may be `pyarrow.fs` URIs (file://, s3://, gs://).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import model_shapes
+from pipeline import ingest, shards
+from pipeline import tokenizer as tokenizers
+from pipeline.ingest import ConfigError, Reader
+from pipeline.sequence import OVERFLOW_POLICIES, SequenceOptions
+from pipeline.templates import PROMPT_LISTS, TemplateConfig
+
+__all__ = ["REFERENCE", "ConfigError", "JobConfig", "load_config", "parse_config"]
+
+TEMPLATE_KEYS = ("render", "prompts", "system")
+"""Per-source keys that belong to templating, not to the reader."""
+
+COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "none")
+
+REFERENCE: list[tuple[str, str, str]] = [
+    (
+        "model_shape",
+        "tiny",
+        "tiny | small | base | toy, or a path to a shape JSON file or an official config.json",
+    ),
+    (
+        "tokenizer",
+        "default",
+        "default (the sentencepiece model shipped with vl2prep), or {kind: sentencepiece or hf, path: FILE}",
+    ),
+    ("sources", "(required)", "list of input sources, read in order; see the per-source keys below"),
+    (
+        "sources[].name",
+        "(required)",
+        "the source's name: letters, digits, '.', '_', '-'; names output folders",
+    ),
+    ("sources[].format", "(required)", "the input format: " + ", ".join(sorted(ingest.READERS))),
+    ("sources[].path", "(required)", "a file, a folder or a glob (relative to the config file), or a URI"),
+    ("sources[].images_root", "folder of path", "where image paths of the records are resolved"),
+    ("sources[].render", "the kind's default", "chat or plain, for kinds that allow both (caption, ocr)"),
+    (
+        "sources[].prompts",
+        "shipped lists",
+        "prompt lists replacing the shipped ones: " + ", ".join(PROMPT_LISTS),
+    ),
+    ("sources[].system", '""', "system text for chat renderings of samples that carry none"),
+    ("sequence.max_seq_len", "the shape's (4096)", "longest sequence in tokens"),
+    ("sequence.overflow", "drop", "what happens to longer samples: " + ", ".join(OVERFLOW_POLICIES)),
+    ("sequence.packing", "false", "pack samples into rows of exactly max_seq_len tokens"),
+    ("sequence.embed_images", "true", "store image bytes in the rows (false: only their paths)"),
+    ("output.dir", "(required)", "the output folder (path relative to the config file, or a URI)"),
+    ("output.shard_target_bytes", "256MiB", "target size of a shard file (bytes, or 64MiB, 1GB, ...)"),
+    ("output.compression", "zstd", "Parquet compression: " + ", ".join(COMPRESSIONS)),
+    ("ray.address", "null", "null: an embedded local Ray (or RAY_ADDRESS when set); auto or an address"),
+    ("ray.num_cpus", "null", "CPUs of the embedded local Ray (null: all of this machine's)"),
+]
+
+_SECTIONS: dict[str, tuple[str, ...]] = {
+    "sequence": ("max_seq_len", "overflow", "packing", "embed_images"),
+    "output": ("dir", "shard_target_bytes", "compression"),
+    "ray": ("address", "num_cpus"),
+}
+_TOP_KEYS = ("model_shape", "tokenizer", "sources", *_SECTIONS)
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """A validated job: readers and sequence options per source, the shape, tokenizer and output."""
+
+    raw: Mapping[str, Any]  # the config as written (paths as given), recorded in the manifest
+    base_dir: str
+    shape: model_shapes.ModelShape
+    tokenizer_path: str
+    tokenizer_kind: str | None
+    readers: tuple[Reader, ...]
+    sequence_options: tuple[SequenceOptions, ...]  # one per source, in source order
+    packing: bool
+    output_dir: str
+    shard_target_bytes: int
+    compression: str
+    ray_address: str | None
+    ray_num_cpus: int | None
+
+    def identity(self) -> str:
+        """sha256 of the config as written (canonical JSON): two runs with the same identity and the same
+        inputs must produce the same output."""
+        return hashlib.sha256(shards.canonical_json(self.raw)).hexdigest()
+
+    def load_tokenizer(self) -> tokenizers.Tokenizer:
+        """The tokenizer, checked against the shape."""
+        return tokenizers.load(self.tokenizer_path, self.shape, kind=self.tokenizer_kind)
+
+
+def load_config(path: str | os.PathLike[str]) -> JobConfig:
+    """Read and validate a YAML config file; relative paths resolve against its folder."""
+    config_path = Path(path)
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read the config file {config_path}: {error.strerror or error}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{config_path} is not valid YAML: {error}") from None
+    return parse_config(raw, base_dir=config_path.resolve().parent)
+
+
+def parse_config(raw: object, base_dir: str | os.PathLike[str]) -> JobConfig:
+    """Validate a parsed config mapping completely (see the module docstring)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError("the config must be a mapping with at least sources and output")
+    _no_unknown(raw, _TOP_KEYS, "")
+    base = str(base_dir)
+    sections = {name: _section(raw, name) for name in _SECTIONS}
+
+    shape = _shape(raw.get("model_shape", "tiny"), base)
+    tokenizer_path, tokenizer_kind = _tokenizer_spec(raw.get("tokenizer", "default"), base)
+    try:
+        tokenizer = tokenizers.load(tokenizer_path, shape, kind=tokenizer_kind)
+    except (tokenizers.TokenizerError, OSError) as error:
+        raise ConfigError(f"tokenizer: {error} (check model_shape and tokenizer)") from None
+
+    if "sources" not in raw:
+        raise ConfigError("sources: required (a list of {name, format, path})")
+    readers = tuple(
+        ingest.make_readers(raw["sources"], where="sources", base_dir=base, reserved=TEMPLATE_KEYS)
+    )
+
+    sequence = sections["sequence"]
+    max_seq_len = _optional_int(sequence, "max_seq_len", "sequence", minimum=3)
+    overflow = sequence.get("overflow", "drop")
+    if overflow not in OVERFLOW_POLICIES:
+        raise ConfigError(f"sequence.overflow: {overflow!r} is not one of {', '.join(OVERFLOW_POLICIES)}")
+    packing = _bool(sequence, "packing", "sequence", False)
+    embed_images = _bool(sequence, "embed_images", "sequence", True)
+    options = []
+    for index, source in enumerate(raw["sources"]):
+        try:
+            templates = TemplateConfig(
+                render=source.get("render"), prompts=source.get("prompts"), system=source.get("system", "")
+            )
+        except ValueError as error:
+            raise ConfigError(f"sources[{index}]: {error}") from None
+        options.append(
+            SequenceOptions(
+                max_seq_len=max_seq_len, overflow=overflow, embed_images=embed_images, templates=templates
+            )
+        )
+    shape_limit = tokenizer.shape.max_seq_len
+    if (max_seq_len or shape_limit) > shape_limit:
+        raise ConfigError(
+            f"sequence.max_seq_len: {max_seq_len} exceeds the model shape's max_seq_len {shape_limit}"
+        )
+
+    output = sections["output"]
+    if not output.get("dir"):
+        raise ConfigError("output.dir: required (the folder the job writes)")
+    if not isinstance(output["dir"], str):
+        raise ConfigError(f"output.dir: must be a path or URI string, not {output['dir']!r}")
+    try:
+        target = shards.parse_size(output.get("shard_target_bytes", "256MiB"))
+    except ValueError as error:
+        raise ConfigError(f"output.shard_target_bytes: {error}") from None
+    compression = output.get("compression", "zstd")
+    if compression not in COMPRESSIONS:
+        raise ConfigError(f"output.compression: {compression!r} is not one of {', '.join(COMPRESSIONS)}")
+
+    ray_section = sections["ray"]
+    address = ray_section.get("address")
+    if address is not None and not isinstance(address, str):
+        raise ConfigError(f"ray.address: must be null, 'auto' or an address string, not {address!r}")
+
+    return JobConfig(
+        raw=raw,
+        base_dir=base,
+        shape=tokenizer.shape,
+        tokenizer_path=tokenizer_path,
+        tokenizer_kind=tokenizer_kind,
+        readers=readers,
+        sequence_options=tuple(options),
+        packing=packing,
+        output_dir=_resolve(output["dir"], base),
+        shard_target_bytes=target,
+        compression=compression,
+        ray_address=address,
+        ray_num_cpus=_optional_int(ray_section, "num_cpus", "ray", minimum=1),
+    )
+
+
+def _section(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    section = raw.get(name) or {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{name}: must be a mapping, not {section!r}")
+    _no_unknown(section, _SECTIONS[name], f"{name}.")
+    return section
+
+
+def _no_unknown(mapping: Mapping[str, Any], known: tuple[str, ...], prefix: str) -> None:
+    for key in mapping:
+        if key not in known:
+            raise ConfigError(f"{prefix}{key}: unknown key; known: {', '.join(known)}")
+
+
+def _shape(value: object, base: str) -> model_shapes.ModelShape:
+    if not isinstance(value, str):
+        raise ConfigError(f"model_shape: must be a variant name or a path, not {value!r}")
+    name = value if value in model_shapes.VARIANTS else _resolve(value, base)
+    try:
+        return model_shapes.load(name)
+    except model_shapes.ShapeError as error:
+        raise ConfigError(f"model_shape: {error}") from None
+
+
+def _tokenizer_spec(value: object, base: str) -> tuple[str, str | None]:
+    if value == "default":
+        return str(tokenizers.DEFAULT_MODEL), "sentencepiece"
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"tokenizer: must be 'default' or {{kind, path}}, not {value!r}")
+    _no_unknown(value, ("kind", "path"), "tokenizer.")
+    kind = value.get("kind")
+    if kind not in ("sentencepiece", "hf"):
+        raise ConfigError(f"tokenizer.kind: {kind!r} is not one of sentencepiece, hf")
+    if not isinstance(value.get("path"), str):
+        raise ConfigError("tokenizer.path: required (the .model or tokenizer.json file)")
+    path = _resolve(value["path"], base)
+    if not Path(path).is_file():
+        raise ConfigError(f"tokenizer.path: no such file {path}")
+    return path, kind
+
+
+def _bool(section: Mapping[str, Any], key: str, name: str, default: bool) -> bool:
+    value = section.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}.{key}: must be true or false, not {value!r}")
+    return value
+
+
+def _optional_int(section: Mapping[str, Any], key: str, name: str, minimum: int) -> int | None:
+    value = section.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{name}.{key}: must be an integer of at least {minimum} (or null), not {value!r}")
+    return value
+
+
+def _resolve(path: str, base: str) -> str:
+    if "://" in path or os.path.isabs(path):
+        return path
+    return os.path.normpath(os.path.join(base, path))

@@ -1,0 +1,393 @@
+"""The pretokenize job: sources → samples → token sequences → Parquet shards and a manifest, on Ray.
+
+The walk, one input file (a *partition*) at a time:
+
+1. plan (driver, before Ray starts): validate the config, open the output folder, list every source's
+   files; partitions already finished by an earlier, interrupted run are skipped.
+2. read (Ray tasks, one per partition): the source's reader turns the file into `schemas.sample` and
+   `schemas.reject` rows, staged under `OUT/_staging/` (image bytes go to disk once, never through the
+   object store).
+3. sequence (a Ray actor pool, the tokenizer loaded once per actor): staged samples become
+   `schemas.shard` rows and sequence-stage rejects; a `done` marker, written last, finishes the partition.
+4. commit (driver, streaming, one partition at a time): rows in config order → size-targeted shards
+   `OUT/shards/<source>/part-NNNNN.parquet` (or `OUT/shards/packed/` with packing), rejects →
+   `OUT/rejects/part-NNNNN.parquet`, then `OUT/manifest.json`, atomically, last. Staging is removed.
+
+Determinism: partitions are committed in config and file order, rows in record order, and shard files
+depend only on the rows, so the same inputs and config give byte-identical outputs wherever they live.
+A run killed at any point resumes from the partition markers; a finished output is left alone unless
+`--overwrite`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jobs.config import JobConfig
+from pipeline import shards
+from pipeline.ingest import Counts
+from pipeline.packing import Packer
+from pipeline.sequence import SequenceBuilder
+from schemas import reject as reject_schema
+from schemas import sample as sample_schema
+from schemas import shard as shard_schema
+
+__all__ = ["MANIFEST_VERSION", "Partition", "run"]
+
+MANIFEST_VERSION = 1
+STAGING = shards.STAGING
+READ_TASK_MEMORY = 512 * 2**20
+"""Memory a read task reserves (Ray's logical `memory` resource): one input file's samples and images."""
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One input file of one source: the unit of parallel work and of resume."""
+
+    source_index: int
+    source: str
+    file: str
+
+    @property
+    def id(self) -> str:
+        """A stable name for the partition's staged files."""
+        return hashlib.sha256(f"{self.source}\0{self.file}".encode()).hexdigest()[:20]
+
+    def staged(self, what: str) -> str:
+        """Relative path of one of the partition's staged files (samples, read-rejects, rows, ...)."""
+        suffix = "json" if what == "done" else "parquet"
+        return f"{STAGING}/{what}/{self.id}.{suffix}"
+
+
+@dataclass
+class SourceTotals:
+    """What one source gave: records read, samples written, rows, rejects by reason, tokens."""
+
+    read: int = 0
+    written: int = 0
+    rows: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    tokens: int = 0
+    image_tokens: int = 0
+    loss_tokens: int = 0
+
+    def add(self, done: dict[str, Any]) -> None:
+        self.read += done["read"]
+        self.written += done["written"]
+        self.rows += done["rows"]
+        self.tokens += done["tokens"]
+        self.image_tokens += done["image_tokens"]
+        self.loss_tokens += done["loss_tokens"]
+        for reason, count in done["rejected"].items():
+            self.rejected[reason] = self.rejected.get(reason, 0) + count
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+
+def run(config: JobConfig, overwrite: bool = False, out_stream: Any = None) -> int:
+    """Run the job; returns the process exit code. Prints progress and a summary to `out_stream`."""
+    out_stream = out_stream or sys.stdout
+    out = shards.OutputDir(config.output_dir)
+    identity = config.identity()
+    if out.exists(shards.MANIFEST) and not overwrite:
+        manifest = out.read_json(shards.MANIFEST)
+        if manifest.get("config_sha256") == identity:
+            print(f"{config.output_dir}: complete (manifest.json present); nothing to do.", file=out_stream)
+            return 0
+        print(
+            f"{config.output_dir} already holds the output of another config; "
+            "rerun with --overwrite to replace it.",
+            file=sys.stderr,
+        )
+        return 2
+    if overwrite:
+        for folder in (shards.MANIFEST, "shards", "rejects", "stats", STAGING):
+            out.delete(folder)
+    _claim_staging(out, identity)
+
+    started = time.perf_counter()
+    partitions = [
+        Partition(index, reader.config.name, file)
+        for index, reader in enumerate(config.readers)
+        for file in reader.files()
+    ]
+    pending = [p for p in partitions if not out.exists(p.staged("done"))]
+    print(
+        f"pretokenize: {len(config.readers)} sources, {len(partitions)} input files "
+        f"({len(partitions) - len(pending)} already done) → {config.output_dir}",
+        file=out_stream,
+    )
+    if pending:
+        _process(config, pending)
+    manifest = _commit(config, out, partitions, identity)
+    out.delete(STAGING)
+    _print_summary(manifest, time.perf_counter() - started, out_stream)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# stages 2 and 3: the Ray part
+
+
+def _process(config: JobConfig, pending: list[Partition]) -> None:
+    import ray
+
+    from jobs.ray_runtime import pool_resources, start_ray, task_cpus
+
+    start_ray(config.ray_address, config.ray_num_cpus)
+    pool_size, actor_cpus = pool_resources()
+    items = [{"source_index": p.source_index, "source": p.source, "file": p.file} for p in pending]
+    dataset = ray.data.from_items(items, override_num_blocks=len(items))
+    # Reads are Ray tasks beside the actor pool, so that reading and tokenizing overlap on separate CPUs.
+    # A read holds one input file's samples in memory and reserves that; the differing resources also keep
+    # Ray Data from fusing the reads into the pool's actors.
+    dataset = dataset.map(ReadPartition(config), num_cpus=task_cpus(), memory=READ_TASK_MEMORY)
+    dataset = dataset.map(
+        SequencePartition,
+        fn_constructor_args=(config,),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool_size),
+        num_cpus=actor_cpus,
+    )
+    for _ in dataset.iter_rows():
+        pass
+
+
+class ReadPartition:
+    """Ray task body: read one input file, stage its samples and reject rows."""
+
+    def __init__(self, config: JobConfig) -> None:
+        self.config = config
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        partition = Partition(item["source_index"], item["source"], item["file"])
+        reader = self.config.readers[partition.source_index]
+        out = shards.OutputDir(self.config.output_dir)
+        samples, rejects, counts = [], [], Counts()
+        for batch in reader.batches(partition.file):
+            samples.append(batch.samples)
+            rejects.append(batch.rejects)
+            counts += batch.counts
+        out.write_table(partition.staged("samples"), _concat(samples, sample_schema.SCHEMA))
+        out.write_table(partition.staged("read-rejects"), _concat(rejects, reject_schema.SCHEMA))
+        return {**item, "read": counts.read, "samples": counts.samples, "rejected": dict(counts.rejected)}
+
+
+class SequencePartition:
+    """Ray actor: holds the tokenizer (loaded once) and turns staged samples into shard rows."""
+
+    def __init__(self, config: JobConfig) -> None:
+        self.config = config
+        self.tokenizer = config.load_tokenizer()
+        self.builders = [
+            SequenceBuilder(self.tokenizer, config.shape, options) for options in config.sequence_options
+        ]
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        partition = Partition(item["source_index"], item["source"], item["file"])
+        out = shards.OutputDir(self.config.output_dir)
+        samples = out.read_table(partition.staged("samples"))
+        rows, rejects = self.builders[partition.source_index].build_table(samples)
+        out.write_table(partition.staged("rows"), rows)
+        out.write_table(partition.staged("sequence-rejects"), rejects)
+        rejected = dict(item["rejected"])
+        for reason in rejects.column("reason").to_pylist():
+            rejected[reason] = rejected.get(reason, 0) + 1
+        done = {
+            "source": partition.source,
+            "file": partition.file,
+            "read": item["read"],
+            "written": item["samples"] - rejects.num_rows,
+            "rows": rows.num_rows,
+            "rejected": rejected,
+            "tokens": _column_sum(rows, "seq_len"),
+            "image_tokens": _column_sum(rows, "num_image_tokens"),
+            "loss_tokens": _column_sum(rows, "num_loss_tokens"),
+        }
+        out.write_json(partition.staged("done"), done)
+        return {"source": partition.source, "file": partition.file, "rows": rows.num_rows}
+
+
+# ------------------------------------------------------------------------------------------------
+# stage 4: commit
+
+
+def _commit(config: JobConfig, out: shards.OutputDir, partitions: list[Partition], identity: str) -> dict:
+    """Write shards, rejects and the manifest from the staged partitions, in order."""
+    totals = {reader.config.name: SourceTotals() for reader in config.readers}
+    rejects = shards.ShardWriter(
+        out, "rejects", reject_schema.SCHEMA, config.shard_target_bytes, config.compression
+    )
+    shard_infos: list[dict[str, Any]] = []
+    packer = Packer(config.sequence_options[0].max_seq_len or config.shape.max_seq_len, _pad_id(config))
+    packed = (
+        shards.ShardWriter(
+            out, "shards/packed", shard_schema.SCHEMA, config.shard_target_bytes, config.compression
+        )
+        if config.packing
+        else None
+    )
+    for index, reader in enumerate(config.readers):
+        name = reader.config.name
+        writer = shards.ShardWriter(
+            out, f"shards/{name}", shard_schema.SCHEMA, config.shard_target_bytes, config.compression
+        )
+        for partition in (p for p in partitions if p.source_index == index):
+            totals[name].add(out.read_json(partition.staged("done")))
+            rows = out.read_table(partition.staged("rows"))
+            if packed is not None:
+                for row in rows.to_pylist():
+                    made = packer.add(row)
+                    if made:
+                        packed.write(shard_schema.to_table(made))
+            else:
+                writer.write(rows)
+            rejects.write(out.read_table(partition.staged("read-rejects")))
+            rejects.write(out.read_table(partition.staged("sequence-rejects")))
+        shard_infos += [{"source": name, **info.to_dict()} for info in writer.close()]
+    if packed is not None:
+        packed.write(shard_schema.to_table(packer.flush()))
+        shard_infos += [{"source": "packed", **info.to_dict()} for info in packed.close()]
+    reject_infos = [info.to_dict() for info in rejects.close()]
+
+    sources = {}
+    for name, total in totals.items():
+        if total.read != total.written + total.rejected_total:
+            raise RuntimeError(
+                f"source {name}: counts do not reconcile: read {total.read} != written {total.written} "
+                f"+ rejected {total.rejected_total}"
+            )
+        sources[name] = {
+            "read": total.read,
+            "written": total.written,
+            "rows": total.rows,
+            "rejected": dict(sorted(total.rejected.items())),
+            "rejected_total": total.rejected_total,
+            "tokens": total.tokens,
+            "image_tokens": total.image_tokens,
+            "loss_tokens": total.loss_tokens,
+        }
+    tokenizer = config.load_tokenizer()
+    manifest = {
+        "vl2prep_manifest": MANIFEST_VERSION,
+        "schema_versions": {
+            "sample": sample_schema.SCHEMA_VERSION,
+            "reject": reject_schema.SCHEMA_VERSION,
+            "shard": shard_schema.SCHEMA_VERSION,
+        },
+        "code": code_identity(),
+        "config": config.raw,
+        "config_sha256": identity,
+        "model_shape": {"name": config.shape.name, "fingerprint": config.shape.fingerprint()},
+        "tokenizer": {"kind": tokenizer.kind, "sha256": tokenizer.identity, "pieces": tokenizer.piece_count},
+        "max_seq_len": packer.max_seq_len,
+        "packing": (
+            {
+                "rows": packer.stats.rows,
+                "documents": packer.stats.documents,
+                "efficiency": packer.stats.efficiency,
+            }
+            if config.packing
+            else None
+        ),
+        "shards": shard_infos,
+        "rejects": reject_infos,
+        "sources": sources,
+    }
+    out.write_json(shards.MANIFEST, manifest)
+    return manifest
+
+
+def code_identity() -> dict[str, str]:
+    """The package version and a sha256 over the source of the four packages (relative paths and bytes)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for package in ("jobs", "model_shapes", "pipeline", "schemas"):
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    try:
+        release = version("vl2prep")
+    except PackageNotFoundError:
+        release = "unknown"
+    return {"version": release, "source_sha256": digest.hexdigest()}
+
+
+def _claim_staging(out: shards.OutputDir, identity: str) -> None:
+    """Keep staged work only if it belongs to this config; otherwise start over."""
+    marker = f"{STAGING}/job.json"
+    if out.exists(marker) and out.read_json(marker).get("config_sha256") == identity:
+        return
+    out.delete(STAGING)
+    out.write_json(marker, {"config_sha256": identity})
+
+
+def _concat(tables: Sequence[pa.Table], schema: pa.Schema) -> pa.Table:
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def _column_sum(table: pa.Table, column: str) -> int:
+    return int(pc.sum(table.column(column)).as_py() or 0) if table.num_rows else 0
+
+
+def _pad_id(config: JobConfig) -> int:
+    special = config.shape.special_tokens
+    assert special is not None  # the tokenizer check guarantees special ids
+    return special.pad
+
+
+def _print_summary(manifest: dict[str, Any], seconds: float, out_stream: Any) -> None:
+    header = ("source", "read", "written", "rejected", "rows", "tokens", "image tok", "loss tok", "shards")
+    counted: dict[str, int] = {}
+    for info in manifest["shards"]:
+        counted[info["source"]] = counted.get(info["source"], 0) + 1
+    lines = [header]
+    for name, total in manifest["sources"].items():
+        lines.append(
+            (
+                name,
+                str(total["read"]),
+                str(total["written"]),
+                str(total["rejected_total"]),
+                str(total["rows"]),
+                str(total["tokens"]),
+                str(total["image_tokens"]),
+                str(total["loss_tokens"]),
+                str(counted.get(name, 0)),
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    print("", file=out_stream)
+    for line in lines:
+        cells = [
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+        ]
+        print("  ".join(cells), file=out_stream)
+    read = sum(t["read"] for t in manifest["sources"].values())
+    rejected: dict[str, int] = {}
+    for total in manifest["sources"].values():
+        for reason, count in total["rejected"].items():
+            rejected[reason] = rejected.get(reason, 0) + count
+    reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(rejected.items())) or "none"
+    print(f"\nrejects by reason: {reasons}", file=out_stream)
+    if manifest["packing"]:
+        print(
+            f"packing: {manifest['packing']['rows']} rows, efficiency {manifest['packing']['efficiency']:.1%}"
+        )
+    print(
+        f"{read} records in {seconds:.1f} s ({read / max(seconds, 1e-9):.0f} records/s); "
+        f"{len(manifest['shards'])} shards, manifest.json written.",
+        file=out_stream,
+    )

@@ -1,0 +1,165 @@
+"""The pretokenize job end to end through Ray: the example corpus, determinism across folders,
+exactly-once resume after a real process kill, and reruns."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from jobs import pretokenize
+from jobs.config import load_config
+from schemas import reject as reject_schema
+from schemas import shard as shard_schema
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "jobs" / "examples"
+
+
+def example_copy(folder: Path) -> Path:
+    """The example corpus and config in `folder`, writing to `folder/out`; returns the config path."""
+    shutil.copytree(EXAMPLES / "corpus", folder / "corpus")
+    config = (EXAMPLES / "pretokenize.yaml").read_text().replace("../../out/example", "out")
+    path = folder / "job.yaml"
+    path.write_text(config)
+    return path
+
+
+def file_hashes(out: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(out.rglob("*"))
+        if p.is_file()
+    }
+
+
+def run_job(config_path: Path, overwrite: bool = False) -> tuple[int, str]:
+    stream = io.StringIO()
+    code = pretokenize.run(load_config(config_path), overwrite=overwrite, out_stream=stream)
+    return code, stream.getvalue()
+
+
+def test_example_corpus_end_to_end(ray_session, tmp_path):
+    config_path = example_copy(tmp_path)
+    code, printed = run_job(config_path)
+    assert code == 0
+    out = tmp_path / "out"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert not (out / "_staging").exists()
+
+    # Every listed file is there with its size and checksum; nothing else is.
+    listed = {entry["path"]: entry for entry in manifest["shards"] + manifest["rejects"]}
+    assert set(listed) | {"manifest.json"} == set(file_hashes(out))
+    for path, entry in listed.items():
+        data = (out / path).read_bytes()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (entry["bytes"], entry["sha256"])
+
+    # Counts reconcile per source and match the files.
+    rows = pa.concat_tables(pq.read_table(out / e["path"]) for e in manifest["shards"])
+    rejects = pa.concat_tables(pq.read_table(out / e["path"]) for e in manifest["rejects"])
+    assert rows.schema.equals(shard_schema.SCHEMA) and rejects.schema.equals(reject_schema.SCHEMA)
+    for name, counts in manifest["sources"].items():
+        assert counts["read"] == counts["written"] + counts["rejected_total"] > 0
+        assert rows.column("source").to_pylist().count(name) == counts["rows"]
+        assert rejects.column("source").to_pylist().count(name) == counts["rejected_total"]
+    assert len(set(rows.column("sample_id").to_pylist())) == rows.num_rows
+    expected_reasons = {"missing_image", "placeholder_mismatch", "truncated_image", "empty_text"}
+    assert expected_reasons <= set(rejects.column("reason").to_pylist())
+    assert "llava" in printed and "rejects by reason" in printed
+
+    # A finished job is left alone.
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    code, printed = run_job(config_path)
+    assert code == 0 and "complete" in printed
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+    # Another config on the same output needs --overwrite.
+    changed = config_path.read_text().replace("overflow: drop", "overflow: truncate")
+    config_path.write_text(changed)
+    assert run_job(config_path)[0] == 2
+    assert run_job(config_path, overwrite=True)[0] == 0
+    assert json.loads((out / "manifest.json").read_text())["config"]["sequence"]["overflow"] == "truncate"
+
+
+def test_same_bytes_wherever_the_corpus_and_output_live(ray_session, tmp_path):
+    first, second = tmp_path / "a", tmp_path / "deeper" / "b"
+    first.mkdir()
+    second.mkdir(parents=True)
+    assert run_job(example_copy(first))[0] == 0
+    assert run_job(example_copy(second))[0] == 0
+    assert file_hashes(first / "out") == file_hashes(second / "out")
+
+
+def caption_corpus(folder: Path, files: int, per_file: int) -> Path:
+    """`files` Parquet files of `per_file` captioned images each, and a config over them."""
+    (folder / "parts").mkdir(parents=True)
+    with Image.open(REPO / "tests" / "golden" / "images" / "skimage_astronaut.png") as photo:
+        source = photo.convert("RGB")
+    for f in range(files):
+        images, texts = [], []
+        for i in range(per_file):
+            buffer = io.BytesIO()
+            size = (96 + 7 * i, 64 + 5 * f)
+            source.resize(size).save(buffer, format="JPEG", quality=70)
+            images.append({"bytes": buffer.getvalue(), "path": f"{f}-{i}.jpg"})
+            texts.append(f"Picture {i} of part {f}, {size[0]} by {size[1]} pixels.")
+        pq.write_table(pa.table({"image": images, "text": texts}), folder / "parts" / f"part-{f:02d}.parquet")
+    config = folder / "job.yaml"
+    config.write_text(
+        "model_shape: tiny\n"
+        "sources:\n  - {name: captions, format: parquet, path: parts}\n"
+        "output: {dir: out, shard_target_bytes: 64KiB}\n"
+        "ray: {num_cpus: 2}\n"
+    )
+    return config
+
+
+def test_killed_job_resumes_exactly_once(ray_session, tmp_path):
+    clean = caption_corpus(tmp_path / "clean", files=12, per_file=12)
+    assert run_job(clean)[0] == 0
+    reference = file_hashes(tmp_path / "clean" / "out")
+
+    crashed = caption_corpus(tmp_path / "crashed", files=12, per_file=12)
+    staging = tmp_path / "crashed" / "out" / "_staging" / "done"
+    script = (
+        "from jobs.config import load_config; from jobs import pretokenize; "
+        f"pretokenize.run(load_config({str(crashed)!r}))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ""}
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=REPO, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if staging.exists() and len(list(staging.glob("*.json"))) >= 2:
+                break
+            time.sleep(0.02)
+        assert process.poll() is None, "the job finished before it could be killed"
+        os.killpg(process.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    finally:
+        process.wait(timeout=60)
+    done_before = len(list(staging.glob("*.json")))
+    assert 2 <= done_before < 12
+    assert not (tmp_path / "crashed" / "out" / "manifest.json").exists()
+
+    code, printed = run_job(crashed)
+    assert code == 0
+    assert f"({done_before} already done)" in printed
+    resumed = file_hashes(tmp_path / "crashed" / "out")
+    if resumed["manifest.json"] != reference["manifest.json"]:
+        print((tmp_path / "crashed" / "out" / "manifest.json").read_text())
+        print((tmp_path / "clean" / "out" / "manifest.json").read_text())
+    assert resumed == reference
