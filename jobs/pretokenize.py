@@ -45,6 +45,8 @@ __all__ = ["MANIFEST_VERSION", "Partition", "run"]
 
 MANIFEST_VERSION = 1
 STAGING = shards.STAGING
+STAGING_COMPRESSION = "none"
+"""Staged files live minutes and mostly hold image bytes that do not compress: only shards are compressed."""
 READ_TASK_MEMORY = 512 * 2**20
 """Memory a read task reserves (Ray's logical `memory` resource): one input file's samples and images."""
 
@@ -178,8 +180,12 @@ class ReadPartition:
             samples.append(batch.samples)
             rejects.append(batch.rejects)
             counts += batch.counts
-        out.write_table(partition.staged("samples"), _concat(samples, sample_schema.SCHEMA))
-        out.write_table(partition.staged("read-rejects"), _concat(rejects, reject_schema.SCHEMA))
+        out.write_table(
+            partition.staged("samples"), _concat(samples, sample_schema.SCHEMA), STAGING_COMPRESSION
+        )
+        out.write_table(
+            partition.staged("read-rejects"), _concat(rejects, reject_schema.SCHEMA), STAGING_COMPRESSION
+        )
         return {**item, "read": counts.read, "samples": counts.samples, "rejected": dict(counts.rejected)}
 
 
@@ -198,8 +204,8 @@ class SequencePartition:
         out = shards.OutputDir(self.config.output_dir)
         samples = out.read_table(partition.staged("samples"))
         rows, rejects = self.builders[partition.source_index].build_table(samples)
-        out.write_table(partition.staged("rows"), rows)
-        out.write_table(partition.staged("sequence-rejects"), rejects)
+        out.write_table(partition.staged("rows"), rows, STAGING_COMPRESSION)
+        out.write_table(partition.staged("sequence-rejects"), rejects, STAGING_COMPRESSION)
         rejected = dict(item["rejected"])
         for reason in rejects.column("reason").to_pylist():
             rejected[reason] = rejected.get(reason, 0) + 1
