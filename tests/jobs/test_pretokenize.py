@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -84,21 +85,39 @@ def test_example_corpus_end_to_end(ray_session, tmp_path):
     assert code == 0 and "complete" in printed
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
-    # Another config on the same output needs --overwrite.
-    changed = config_path.read_text().replace("overflow: drop", "overflow: truncate")
+    # Another config on the same output needs --overwrite; with packing, every row is max_seq_len long.
+    changed = config_path.read_text().replace("packing: false", "packing: true").replace("4096", "1024")
     config_path.write_text(changed)
     assert run_job(config_path)[0] == 2
     assert run_job(config_path, overwrite=True)[0] == 0
-    assert json.loads((out / "manifest.json").read_text())["config"]["sequence"]["overflow"] == "truncate"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["sequence"]["packing"] is True
+    assert {entry["source"] for entry in manifest["shards"]} == {"packed"}
+    packed = pa.concat_tables(pq.read_table(out / e["path"]) for e in manifest["shards"])
+    assert set(pc.list_value_length(packed.column("input_ids")).to_pylist()) == {1024}
+    documents = sum(len(d) for d in packed.column("documents").to_pylist())
+    assert documents == sum(counts["rows"] for counts in manifest["sources"].values())
+    assert 0 < manifest["packing"]["efficiency"] <= 1
 
 
 def test_same_bytes_wherever_the_corpus_and_output_live(ray_session, tmp_path):
-    first, second = tmp_path / "a", tmp_path / "deeper" / "b"
-    first.mkdir()
-    second.mkdir(parents=True)
+    first, second, third = tmp_path / "a", tmp_path / "deeper" / "b", tmp_path / "uri"
+    for folder in (first, second, third):
+        folder.mkdir(parents=True)
     assert run_job(example_copy(first))[0] == 0
     assert run_job(example_copy(second))[0] == 0
     assert file_hashes(first / "out") == file_hashes(second / "out")
+
+    # Inputs and output given as file:// URIs: the config differs, the shards and rejects do not.
+    config = example_copy(third)
+    text = config.read_text().replace("path: corpus/", f"path: file://{third}/corpus/")
+    config.write_text(text.replace("dir: out", f"dir: file://{third}/out-uri"))
+    assert run_job(config)[0] == 0
+    uri_files = file_hashes(third / "out-uri")
+    reference = file_hashes(first / "out")
+    assert {k: v for k, v in uri_files.items() if k != "manifest.json"} == {
+        k: v for k, v in reference.items() if k != "manifest.json"
+    }
 
 
 def caption_corpus(folder: Path, files: int, per_file: int) -> Path:
