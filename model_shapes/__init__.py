@@ -13,6 +13,7 @@ import importlib
 from typing import Any
 
 from model_shapes.shape import (
+    TOKEN_STRINGS,
     VARIANTS,
     LanguageShape,
     ModelShape,
@@ -45,6 +46,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "TOKEN_STRINGS",
     "VARIANTS",
     "DeepseekVL2",
     "LanguageShape",

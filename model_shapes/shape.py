@@ -321,7 +321,7 @@ class LanguageShape:
         return layer >= self.first_k_dense_replace and layer % self.moe_layer_freq == 0
 
 
-_TOKEN_STRINGS: dict[str, str] = {
+TOKEN_STRINGS: dict[str, str] = {  # SpecialTokens field -> token string (bos/eos/pad differ per tokenizer)
     "bos": "bos",
     "eos": "eos",
     "pad": "pad",
@@ -355,9 +355,9 @@ class SpecialTokens:
     def __post_init__(self) -> None:
         p = "special_tokens."
         _normalize_fields(self, p)
-        _require_non_negative(self, p, tuple(_TOKEN_STRINGS))
+        _require_non_negative(self, p, tuple(TOKEN_STRINGS))
         seen: dict[int, str] = {}
-        for name in _TOKEN_STRINGS:
+        for name in TOKEN_STRINGS:
             token_id = getattr(self, name)
             if token_id in seen:
                 raise ShapeError(
@@ -369,7 +369,7 @@ class SpecialTokens:
         """Token string → id. bos, eos and pad are keyed by the plain names "bos", "eos", "pad" (their
         strings differ between tokenizers); the others by their literal strings, e.g. "<image>", "<|ref|>",
         "<|User|>"."""
-        return {token: getattr(self, name) for name, token in _TOKEN_STRINGS.items()}
+        return {token: getattr(self, name) for name, token in TOKEN_STRINGS.items()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], prefix: str = "special_tokens.") -> SpecialTokens:
@@ -377,16 +377,16 @@ class SpecialTokens:
         (``<image>``); every one of the eleven tokens must be given exactly once."""
         if not isinstance(data, Mapping):
             raise ShapeError(f"{prefix.rstrip('.')} must be an object, got {type(data).__name__}")
-        by_string = {token: name for name, token in _TOKEN_STRINGS.items()}
+        by_string = {token: name for name, token in TOKEN_STRINGS.items()}
         values: dict[str, Any] = {}
         for key, value in data.items():
-            name = key if key in _TOKEN_STRINGS else by_string.get(key)
+            name = key if key in TOKEN_STRINGS else by_string.get(key)
             if name is None:
-                raise ShapeError(f"unknown key {prefix}{key}; known: {', '.join(_TOKEN_STRINGS)}")
+                raise ShapeError(f"unknown key {prefix}{key}; known: {', '.join(TOKEN_STRINGS)}")
             if name in values:
                 raise ShapeError(f"{prefix}{name} is given twice")
             values[name] = value
-        missing = [name for name in _TOKEN_STRINGS if name not in values]
+        missing = [name for name in TOKEN_STRINGS if name not in values]
         if missing:
             raise ShapeError(f"{prefix}{missing[0]} is missing")
         return cls(**values)
@@ -452,7 +452,7 @@ class ModelShape:
             )
         if self.special_tokens is not None:
             vocab = self.language.vocab_size
-            for name in _TOKEN_STRINGS:
+            for name in TOKEN_STRINGS:
                 token_id = getattr(self.special_tokens, name)
                 if token_id >= vocab:
                     raise ShapeError(

@@ -29,7 +29,7 @@ from typing import Protocol
 
 import sentencepiece as spm
 
-from model_shapes import ModelShape, SpecialTokens
+from model_shapes import TOKEN_STRINGS, ModelShape, SpecialTokens
 
 __all__ = [
     "DEEPSEEK_CONTROL_STRINGS",
@@ -59,14 +59,7 @@ KINDS = ("sentencepiece", "hf")
 # holding them gets their ids. bos/eos/pad strings differ between tokenizers: for a Hugging Face tokenizer
 # they come from tokenizer_config.json beside tokenizer.json, else from the DeepSeek defaults below.
 SPECIAL_STRINGS: dict[str, str] = {
-    "image": "<image>",
-    "ref_start": "<|ref|>",
-    "ref_end": "<|/ref|>",
-    "det_start": "<|det|>",
-    "det_end": "<|/det|>",
-    "grounding": "<|grounding|>",
-    "user": "<|User|>",
-    "assistant": "<|Assistant|>",
+    name: string for name, string in TOKEN_STRINGS.items() if name not in ("bos", "eos", "pad")
 }
 DEEPSEEK_CONTROL_STRINGS: dict[str, str] = {
     "bos": "<｜begin▁of▁sentence｜>",
