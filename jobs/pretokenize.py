@@ -105,6 +105,7 @@ def run(config: JobConfig, overwrite: bool = False, out_stream: Any = None) -> i
     if out.exists(shards.MANIFEST) and not overwrite:
         manifest = out.read_json(shards.MANIFEST)
         if manifest.get("config_sha256") == identity:
+            out.delete(STAGING)  # left over only if a run stopped right after committing
             print(f"{config.output_dir}: complete (manifest.json present); nothing to do.", file=out_stream)
             return 0
         print(
@@ -331,12 +332,13 @@ def code_identity() -> dict[str, str]:
 
 
 def _claim_staging(out: shards.OutputDir, identity: str) -> None:
-    """Keep staged work only if it belongs to this config; otherwise start over."""
+    """Keep staged work only if this config and this code made it; otherwise start over."""
     marker = f"{STAGING}/job.json"
-    if out.exists(marker) and out.read_json(marker).get("config_sha256") == identity:
+    claim = {"config_sha256": identity, "code": code_identity()}
+    if out.exists(marker) and out.read_json(marker) == claim:
         return
     out.delete(STAGING)
-    out.write_json(marker, {"config_sha256": identity})
+    out.write_json(marker, claim)
 
 
 def _concat(tables: Sequence[pa.Table], schema: pa.Schema) -> pa.Table:
