@@ -21,6 +21,7 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 import argparse  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
+import pickle  # noqa: E402
 import sys  # noqa: E402
 import tarfile  # noqa: E402
 import tempfile  # noqa: E402
@@ -109,7 +110,67 @@ def write_corpus(folder: Path, records: int) -> dict[str, dict]:
         for i in range(records):
             file.write(json.dumps({"text": " ".join([caption(i)] * 8)}) + "\n")
 
+    def lines(name: str, records: list[dict]) -> None:
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+    def name_of(i: int) -> str:
+        return names[i % len(names)]
+
+    lines(
+        "obelics.jsonl",
+        [
+            {"texts": [caption(i), None, caption(i)], "images": [None, f"http://x/{name_of(i)}", None]}
+            for i in range(records)
+        ],
+    )
+    mmc4_info = [{"image_name": "", "raw_url": "", "matched_text_index": 1, "matched_sim": 0.3}]
+    lines(
+        "mmc4.jsonl",
+        [
+            {"text_list": [caption(i)] * 2, "image_info": [{**mmc4_info[0], "image_name": name_of(i)}]}
+            for i in range(records)
+        ],
+    )
+    words = {
+        f"{i}_{j}": {"image_id": str(i), "bbox": [10 * j, 10, 8, 8], "utf8_string": f"w{j}"}
+        for i in range(records)
+        for j in range(4)
+    }
+    textocr = {"imgs": {str(i): {"file_name": name_of(i)} for i in range(records)}, "anns": words}
+    (folder / "textocr.json").write_text(json.dumps(textocr), encoding="utf-8")
+    box_lines = [{"text": "Photograph number", "bbox": [10, 10, 100, 30]}]
+    lines(
+        "ocr.jsonl", [{"image": name_of(i), "text": caption(i), "lines": box_lines} for i in range(records)]
+    )
+    refer = folder / "refcoco"
+    refer.mkdir()
+    instances = {
+        "images": [{"id": i, "file_name": name} for i, name in enumerate(names)],
+        "annotations": [{"id": i, "image_id": i, "bbox": [10, 10, 50, 40]} for i in range(len(names))],
+    }
+    (refer / "instances.json").write_text(json.dumps(instances), encoding="utf-8")
+    sentences = [{"raw": "the thing on the left"}, {"raw": "left thing"}]
+    refs = [
+        {"ref_id": i, "image_id": i % len(names), "ann_id": i % len(names), "sentences": sentences}
+        for i in range(records)
+    ]
+    (refer / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
+    spans = [[0, 10, 0.1, 0.1, 0.5, 0.5, 0.9], [19, 25, 0.2, 0.3, 0.9, 0.8, 0.7]]
+    lines(
+        "grit.jsonl",
+        [
+            {"key": str(i), "caption": caption(i), "image": name_of(i), "noun_chunks": spans}
+            for i in range(records)
+        ],
+    )
+
     return {
+        "obelics": {"format": "obelics", "path": "obelics.jsonl", "images_root": "images"},
+        "mmc4": {"format": "mmc4", "path": "mmc4.jsonl", "images_root": "images"},
+        "textocr": {"format": "textocr", "path": "textocr.json", "images_root": "images"},
+        "ocr_jsonl": {"format": "ocr_jsonl", "path": "ocr.jsonl", "images_root": "images"},
+        "refcoco": {"format": "refcoco", "path": "refcoco", "images_root": "images"},
+        "grit": {"format": "grit", "path": "grit.jsonl", "images_root": "images"},
         "llava": {"format": "llava", "path": "llava.jsonl", "images_root": "images"},
         "coco_captions": {"format": "coco_captions", "path": "coco.json", "images_root": "images"},
         "webdataset": {"format": "webdataset", "path": "shards/*.tar"},

@@ -1,6 +1,10 @@
 """Readers of public corpus formats: each turns input files into `schemas.sample` rows or
 `schemas.reject` rows, one row per record read (see `pipeline.ingest.base` for the interface).
 
+Formats: captions and conversations (`llava`, `coco_captions`, `webdataset`, `parquet`), plain text
+(`text`), interleaved documents (`obelics`, `mmc4`), OCR (`textocr`, `ocr_jsonl`) and grounding
+(`refcoco`, `grit`); each module's docstring describes its input and what becomes what.
+
 `READERS` maps a `format:` name of a job config to its `Format`; `make_reader` validates one source
 mapping of a config (failing fast with `ConfigError` naming the key) and returns its `Reader`;
 `make_readers` does that for a config's whole `sources` list and checks that names are unique.
@@ -13,7 +17,19 @@ import dataclasses
 import os
 from collections.abc import Collection
 
-from pipeline.ingest import coco_captions, llava, parquet, text, webdataset
+from pipeline.ingest import (
+    coco_captions,
+    grit,
+    llava,
+    mmc4,
+    obelics,
+    ocr_jsonl,
+    parquet,
+    refcoco,
+    text,
+    textocr,
+    webdataset,
+)
 from pipeline.ingest.base import (
     Batch,
     ConfigError,
@@ -40,7 +56,20 @@ __all__ = [
 ]
 
 READERS: dict[str, Format] = {
-    module.FORMAT.name: module.FORMAT for module in (llava, coco_captions, webdataset, parquet, text)
+    module.FORMAT.name: module.FORMAT
+    for module in (
+        llava,
+        coco_captions,
+        webdataset,
+        parquet,
+        text,
+        obelics,
+        mmc4,
+        textocr,
+        ocr_jsonl,
+        refcoco,
+        grit,
+    )
 }
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import functools
+import math
 import os
 import posixpath
 import re
@@ -139,13 +140,17 @@ class SourceConfig:
 @dataclass(frozen=True)
 class Format:
     """What a format module provides: its name, options class, the file suffixes a folder path
-    selects, whether it reads image files from `images_root`, and its record reader."""
+    selects, whether it reads image files from `images_root`, and its record reader; optionally
+    `select_files`, which narrows the listed files to those to read (given the source) and raises
+    `ConfigError` with a message starting with the key to change (`parse_source` calls it, so that
+    such checks fail fast)."""
 
     name: str
     options: type[Options]
     suffixes: tuple[str, ...]
     uses_images_root: bool
     read_file: Callable[[SourceConfig, str], Generator[Row, None, None]]
+    select_files: Callable[[SourceConfig, list[str]], list[str]] | None = None
 
 
 @dataclass
@@ -189,7 +194,10 @@ class Reader:
 
     def files(self) -> list[str]:
         """The source's input files, relative to the source root, sorted."""
-        return list_files(self.config.path, self.format.suffixes)
+        files = list_files(self.config.path, self.format.suffixes)
+        if self.format.select_files is not None:
+            files = self.format.select_files(self.config, files)
+        return files
 
     def read_file(self, file: str) -> Iterator[Row]:
         """One sample or reject row per record of `file` (a name from `files()`), in file order,
@@ -289,7 +297,13 @@ def parse_source(
         if _info(images_root, f"{where}.images_root").type != pafs.FileType.Directory:
             raise ConfigError(f"{where}.images_root: {images_root} is not a folder (from {value!r})")
     options = _parse_options(reader_format.options, mapping, where)
-    return SourceConfig(name, format_name, path, root, images_root, options)
+    config = SourceConfig(name, format_name, path, root, images_root, options)
+    if reader_format.select_files is not None:
+        try:
+            reader_format.select_files(config, list_files(path, reader_format.suffixes))
+        except ConfigError as error:
+            raise ConfigError(f"{where}.{error}") from None
+    return config
 
 
 def _parse_options(options_class: type[Options], mapping: Mapping, where: str) -> Options:
@@ -319,7 +333,7 @@ def _parse_options(options_class: type[Options], mapping: Mapping, where: str) -
 
 
 def _coerce(value: object, hint: object, key: str) -> object:
-    """The YAML value checked against an option's type: int, str, tuple[str, ...], or `X | None`."""
+    """The YAML value checked against an option's type: int, float, str, tuple[str, ...], or `X | None`."""
     if isinstance(hint, types.UnionType):
         if value is None:
             return None
@@ -328,6 +342,10 @@ def _coerce(value: object, hint: object, key: str) -> object:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: must be an integer, not {value!r}")
         return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number, not {value!r}")
+        return float(value)
     if hint is str:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key}: must be a non-empty string, not {value!r}")

@@ -47,6 +47,7 @@ __all__ = [
     "file_reject_row",
     "image_path",
     "image_segment",
+    "is_finite_number",
     "load_image",
     "meta_json",
     "reject_row",
@@ -343,17 +344,23 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def is_finite_number(value: object) -> bool:
+    """Whether `value` is an int or float (not a bool) that is finite as a float."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 def clip_box(box: object, width: int, height: int, what: str = "box") -> list[float]:
     """A box `[x1, y1, x2, y2]` in pixels clipped to the `width` × `height` image.
 
     `bad_field` for anything but four finite numbers; `degenerate_box` when x2 ≤ x1 or y2 ≤ y1;
     `box_outside_image` when the box does not overlap the image (touching an edge is no overlap).
     """
-    if (
-        not isinstance(box, list | tuple)
-        or len(box) != 4
-        or not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in box)
-    ):
+    if not isinstance(box, list | tuple) or len(box) != 4 or not all(is_finite_number(v) for v in box):
         raise Rejected("read", "bad_field", f"{what} {box!r} is not four finite numbers [x1, y1, x2, y2]")
     x1, y1, x2, y2 = (float(v) for v in box)
     if x2 <= x1 or y2 <= y1:

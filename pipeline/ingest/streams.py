@@ -25,6 +25,7 @@ __all__ = [
     "is_text_type",
     "json_records",
     "parquet_batches",
+    "table_records",
 ]
 
 PARQUET_BATCH_ROWS = 64
@@ -135,11 +136,26 @@ def _json_array(text: io.TextIOBase, chunk_characters: int = _CHUNK_CHARACTERS) 
         raise FileUnreadable(f"data after the end of the array (after {index} records)")
 
 
+def table_records(location: str, file: str, columns: list[str]) -> Iterator[tuple[int, object]]:
+    """(record index, record) of a file of row records: a Parquet file (name ending in `.parquet`) row
+    by row, each row a dict of all its columns (`columns` are required, as in `parquet_batches`; a row
+    holding undecodable text comes as that `Rejected` in its place), else `json_records`."""
+    if not file.endswith(".parquet"):
+        yield from json_records(location, file)
+        return
+    for start, batch in parquet_batches(location, file, columns, None):
+        values = {name: column_values(batch.column(name), name) for name in batch.schema.names}
+        for offset in range(batch.num_rows):
+            row = {name: column[offset] for name, column in values.items()}
+            bad = next((value for value in row.values() if isinstance(value, Rejected)), None)
+            yield start + offset, bad if bad is not None else row
+
+
 def parquet_batches(
-    location: str, file: str, columns: list[str], optional: tuple[str, ...] = ()
+    location: str, file: str, columns: list[str], optional: tuple[str, ...] | None = ()
 ) -> Iterator[tuple[int, pa.RecordBatch]]:
     """(index of the batch's first row, batch) over the `columns` of a Parquet file, and those of the
-    `optional` columns that it has, in row order.
+    `optional` columns that it has (None: all its other columns), in row order.
 
     `FileUnreadable`: `unreadable_file` when the file is not Parquet or a batch fails to decode (the
     detail names the rows lost), `missing_field` when one of `columns` is absent.
@@ -163,7 +179,8 @@ def parquet_batches(
             )
         start = 0
         try:
-            selected = list(dict.fromkeys([*columns, *(name for name in optional if name in names)]))
+            wanted = names if optional is None else optional
+            selected = list(dict.fromkeys([*columns, *(name for name in wanted if name in names)]))
             for batch in parquet.iter_batches(
                 batch_size=PARQUET_BATCH_ROWS, columns=selected, use_threads=False
             ):

@@ -37,7 +37,7 @@ BAD_SOURCES = [
     ({"path": DROP}, r"\.path: required"),
     ({"path": 3}, r"\.path: must be a non-empty string"),
     ({"name": "a/b"}, r"\.name: 'a/b' is not a valid source name"),
-    ({"format": "lava"}, r"\.format: unknown format 'lava'; known: coco_captions, llava"),
+    ({"format": "lava"}, r"\.format: unknown format 'lava'; known: coco_captions, grit, llava"),
     ({"path": "nope.jsonl"}, r"\.path: .*nope\.jsonl does not exist"),
     ({"path": "*.json"}, r"\.path: .* holds no input: expected a file matching"),
     ({"path": "shards"}, r"\.path: .* holds no input: expected a file ending in \.json or \.jsonl"),

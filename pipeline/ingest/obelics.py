@@ -1,0 +1,260 @@
+"""Reader for OBELICS-style interleaved web documents (`format: obelics`): one `interleaved` sample
+per document.
+
+A document is a Parquet row or a JSON record (JSON Lines or a JSON array) with two parallel lists,
+`texts` and `images`, of the same length: at each position exactly one of them is non-null, and the
+positions give the reading order. Every other field (`url`, `general_metadata`, `metadata`, ...) goes
+to meta. An `images` entry is one of:
+
+- encoded image bytes, or a `{bytes, path}` struct with bytes (embedded; the struct's relative `path`
+  is kept as the image's path);
+- a URL, resolved through `url_map` when set: img2dataset output tables (Parquet, under `images_root`)
+  whose `url` column names the downloaded image by a `path` column (relative to `images_root`) or by
+  `key` (the file `<table folder>/<table name without .parquet>/<key>.<url_map_extension>`, as
+  img2dataset lays out its shards); rows whose `status` is not `success` are left out;
+- a URL without `url_map`: the file `images_root/<last component of the URL's path>`.
+
+Content: the non-blank texts and the usable images in document order (blank texts are left out).
+With `missing_images: skip` (the default) an image that cannot be used (missing, unreadable, not in
+the map, ...) is left out and listed in meta `skipped_images` ([{position, reason}]); a document left
+without any image is rejected with the first image's reason. With `missing_images: reject` the first
+unusable image rejects the document.
+
+Checks: `texts` and `images` present (`missing_field`), lists of one length with exactly one entry
+per position (`bad_field`), texts valid (`bad_field`, `bad_text`), some text (`empty_text`), some
+image (`missing_field` when the document has none). Key: `<file relative to the source root>#<record
+index>`. Parquet files are read in record batches, JSON Lines a line at a time.
+"""
+
+from __future__ import annotations
+
+import functools
+import posixpath
+import urllib.parse
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipeline.ingest.base import (
+    ConfigError,
+    Format,
+    ImageOptions,
+    Row,
+    SourceConfig,
+    filesystem,
+    list_files,
+    option,
+)
+from pipeline.ingest.checks import (
+    CheckedImage,
+    FileUnreadable,
+    Rejected,
+    check_image,
+    file_reject_row,
+    image_path,
+    image_segment,
+    load_image,
+    reject_row,
+    sample_row,
+    text_field,
+    text_segment,
+)
+from pipeline.ingest.streams import table_records
+
+__all__ = ["FORMAT", "ObelicsOptions", "interleaved_sample", "read_file"]
+
+MISSING_IMAGES = ("skip", "reject")
+
+
+@dataclass(frozen=True)
+class ObelicsOptions(ImageOptions):
+    """Options of `format: obelics`."""
+
+    url_map: str | None = option(
+        None,
+        "img2dataset output tables mapping image URLs to files: a Parquet file or a folder of them, "
+        "relative to images_root (null: images_root/<basename of the URL>)",
+    )
+    url_map_extension: str = option("jpg", "extension of the image files img2dataset wrote (with url_map)")
+    missing_images: str = option(
+        "skip",
+        "skip: leave out images that cannot be used (listed in meta skipped_images); reject: reject "
+        "the document",
+        choices=MISSING_IMAGES,
+    )
+
+
+ImagePart = tuple[int, Callable[[], CheckedImage]]
+"""A document image not read yet: (its position in the record, for meta `skipped_images`; a function
+returning the checked image or raising `Rejected`)."""
+
+
+def read_file(config: SourceConfig, file: str) -> Generator[Row, None, None]:
+    """One sample or reject row per document of `file`, in file order."""
+    try:
+        urls = _url_map(config)
+        for index, record in table_records(config.root, file, ["texts", "images"]):
+            key = f"{file}#{index}"
+            try:
+                if isinstance(record, Rejected):
+                    raise record
+                row = _sample(config, key, record, urls)
+            except Rejected as rejected:
+                row = reject_row(config, key, rejected)
+            yield row
+    except FileUnreadable as problem:
+        yield file_reject_row(config, file, problem)
+
+
+def _sample(config: SourceConfig, key: str, record: object, urls: dict[str, str] | None) -> Row:
+    options = config.options
+    assert isinstance(options, ObelicsOptions)
+    if not isinstance(record, dict):
+        raise Rejected("read", "malformed_record", f"a document must be an object, not {record!r:.80}")
+    texts, images = record.get("texts"), record.get("images")
+    for name, value in (("texts", texts), ("images", images)):
+        if value is None:
+            raise Rejected("read", "missing_field", f"{name} is missing")
+        if not isinstance(value, list):
+            raise Rejected("read", "bad_field", f"{name} is not a list")
+    if len(texts) != len(images):
+        raise Rejected("read", "bad_field", f"texts has {len(texts)} entries, images {len(images)}")
+    parts: list[str | ImagePart] = []
+    for position, (text, image) in enumerate(zip(texts, images, strict=True)):
+        if (text is None) == (image is None):
+            which = "both a text and" if text is not None else "neither a text nor"
+            raise Rejected("read", "bad_field", f"position {position} has {which} an image")
+        if text is not None:
+            parts.append(text_field(text, f"texts[{position}]"))
+        else:
+            parts.append((position, functools.partial(_image, config, image, f"images[{position}]", urls)))
+    meta = {name: value for name, value in record.items() if name not in ("texts", "images")}
+    return interleaved_sample(config, key, parts, options.missing_images, meta)
+
+
+def interleaved_sample(
+    config: SourceConfig, key: str, parts: Sequence[str | ImagePart], missing_images: str, meta: dict
+) -> Row:
+    """The `interleaved` sample of a document given as texts (checked) and images to read, in order
+    (rules in the module docstring; `missing_images` is skip or reject). Images are read in order."""
+    content: list[dict] = []
+    images: list[CheckedImage] = []
+    skipped: list[tuple[int, Rejected]] = []
+    for part in parts:
+        if isinstance(part, str):
+            if part.strip():
+                content.append(text_segment(part))
+            continue
+        position, load = part
+        try:
+            image = load()
+        except Rejected as rejected:
+            if missing_images == "reject":
+                raise
+            skipped.append((position, rejected))
+            continue
+        content.append(image_segment(len(images)))
+        images.append(image)
+    if not any(segment["type"] == "text" for segment in content):
+        raise Rejected("sample", "empty_text", "the document has no text")
+    if not images:
+        if not skipped:
+            raise Rejected("read", "missing_field", "the document has no image")
+        first = skipped[0][1]
+        raise Rejected(first.stage, first.reason, f"no usable image; the first: {first.detail}")
+    if skipped:
+        meta = {**meta, "skipped_images": [{"position": p, "reason": r.reason} for p, r in skipped]}
+    return sample_row(config, key, "interleaved", content, images, meta=meta)
+
+
+def _image(config: SourceConfig, value: object, what: str, urls: dict[str, str] | None) -> CheckedImage:
+    assert isinstance(config.options, ObelicsOptions)
+    if isinstance(value, bytes):
+        return check_image(value, None, config.options)
+    if isinstance(value, dict) and value.get("bytes") is not None:
+        data, stored = value["bytes"], value.get("path")
+        if not isinstance(data, bytes):
+            raise Rejected("read", "bad_field", f"{what}.bytes is not bytes")
+        try:
+            stored = image_path(stored, f"{what}.path") if stored is not None else None
+        except Rejected:
+            stored = None  # an absolute cache path or the like: not worth keeping
+        return check_image(data, stored, config.options)
+    if not isinstance(value, str) or not value:
+        raise Rejected("read", "bad_field", f"{what} is neither image bytes nor a URL: {value!r:.80}")
+    if urls is not None:
+        if value not in urls:
+            raise Rejected(
+                "image", "missing_image", f"{what} {value!r:.200} is not a downloaded URL of url_map"
+            )
+        return load_image(config, urls[value])
+    name = posixpath.basename(urllib.parse.urlsplit(value).path)
+    if not name:
+        raise Rejected("read", "bad_field", f"{what} {value!r:.200} is a URL without a file name")
+    return load_image(config, image_path(name, f"{what} (file name of URL {value!r:.200})"))
+
+
+def _url_map(config: SourceConfig) -> dict[str, str] | None:
+    options = config.options
+    assert isinstance(options, ObelicsOptions)
+    if options.url_map is None:
+        return None
+    try:
+        return _load_url_map(config.images_root, options.url_map, options.url_map_extension)
+    except (OSError, pa.ArrowException, ValueError, TypeError) as error:
+        raise FileUnreadable(f"url_map {options.url_map!r} cannot be read: {error}") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _load_url_map(images_root: str, url_map: str, extension: str) -> dict[str, str]:
+    """URL → image path relative to `images_root`, from the img2dataset tables of `url_map`."""
+    fs, base = filesystem(images_root)
+    location = posixpath.join(base, url_map)
+    is_folder = fs.get_file_info(location).type == pafs.FileType.Directory
+    tables = list_files(location, (".parquet",)) if is_folder else [""]
+    urls: dict[str, str] = {}
+    for table_name in tables:
+        relative = posixpath.normpath(posixpath.join(url_map, table_name))
+        with fs.open_input_file(posixpath.join(base, relative)) as source:
+            table = pq.read_table(source)
+        columns = table.column_names
+        if "url" not in columns or ("path" not in columns and "key" not in columns):
+            raise ValueError(f"{relative} has no url column with a path or key column ({', '.join(columns)})")
+        shard = posixpath.splitext(relative)[0]
+        rows = table.select([c for c in ("url", "path", "key", "status") if c in columns]).to_pylist()
+        for row in rows:
+            if row["url"] is None or row.get("status", "success") != "success":
+                continue
+            if row.get("path") is not None:
+                urls[row["url"]] = row["path"]
+            elif row.get("key") is not None:
+                urls[row["url"]] = posixpath.join(shard, f"{row['key']}.{extension}")
+    return urls
+
+
+def _select_files(config: SourceConfig, files: list[str]) -> list[str]:
+    """Check that `url_map` names img2dataset tables, so that a wrong value fails at once."""
+    options = config.options
+    assert isinstance(options, ObelicsOptions)
+    if options.url_map is not None:
+        fs, base = filesystem(config.images_root)
+        location = posixpath.join(base, options.url_map)
+        info = fs.get_file_info(location)
+        if info.type == pafs.FileType.NotFound:
+            raise ConfigError(f"url_map: {options.url_map!r} does not exist under images_root")
+        if info.type == pafs.FileType.Directory and not list_files(location, (".parquet",)):
+            raise ConfigError(f"url_map: folder {options.url_map!r} holds no .parquet table")
+    return files
+
+
+FORMAT = Format(
+    name="obelics",
+    options=ObelicsOptions,
+    suffixes=(".parquet", ".jsonl", ".json"),
+    uses_images_root=True,
+    read_file=read_file,
+    select_files=_select_files,
+)
