@@ -4,6 +4,9 @@ Subcommands:
 - `vl2prep pretokenize CONFIG.yaml [--overwrite]`: the main job (see `jobs.pretokenize`).
 - `vl2prep tile IMAGE...`: tile each image exactly as the DeepSeek-VL2 processor does and print its
   grid, tile count and visual-token layout as a table (the end-to-end slice `make demo` runs).
+- `vl2prep verify OUT`: check every file of a finished output against its manifest and every row against the
+  shard invariants (`pipeline.verify`); exit 1 with one line per problem, 0 with a short summary.
+- `vl2prep inspect OUT [--row N | --sample-id ID]`: print one row for a person (`pipeline.inspect_rows`).
 - `vl2prep train-tokenizer --input FILES --vocab-size N --out PATH`: train a sentencepiece BPE tokenizer
   (byte fallback, no dummy prefix, ids 0-3 bos/eos/pad/unk) from text files, reproducibly.
 """
@@ -89,6 +92,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="check the trained model against this shape (tiny | small | base | toy | a file) after training",
     )
     train.set_defaults(run=_run_train_tokenizer)
+
+    verify = commands.add_parser(
+        "verify",
+        help="check a finished output: checksums, row invariants and manifest counts",
+        description="Recompute the size and sha256 of every shard and reject file the manifest lists, check "
+        "every row (image spans and layouts, labels, ids below the vocabulary, counts, tokenizer and shape "
+        "identities) and the manifest's per-source counts. Prints one line per problem (file, sample_id, "
+        "what is wrong) and exits 1, or prints a short summary and exits 0. Streams: memory does not grow "
+        "with the output.",
+    )
+    verify.add_argument("out", help="the output folder (holding manifest.json): a path or a URI")
+    verify.add_argument("--shape", default=None, help="the model shape, when the manifest's is not a variant")
+    verify.add_argument(
+        "--max-problems", type=int, default=1000, metavar="N", help="print at most N problems (default 1000)"
+    )
+    verify.set_defaults(run=_run_verify)
+
+    inspect = commands.add_parser(
+        "inspect",
+        help="print one row of an output: decoded text, image spans, label masking, boxes",
+        description="Print one shard row: provenance, images with their grids, each grounding box as written "
+        "(0-999) and in pixels of the original image, and the decoded sequence with image spans collapsed "
+        "and the trained-on text between « and ».",
+    )
+    inspect.add_argument("out", help="the output folder (holding manifest.json): a path or a URI")
+    which = inspect.add_mutually_exclusive_group()
+    which.add_argument("--row", type=int, default=None, metavar="N", help="row N over all shards (default 0)")
+    which.add_argument("--sample-id", default=None, metavar="ID", help="the row with this sample_id")
+    inspect.add_argument(
+        "--shape", default=None, help="the model shape, when the manifest's is not a variant"
+    )
+    inspect.add_argument(
+        "--tokenizer", default=None, metavar="PATH", help="the tokenizer file, when the config's is relative"
+    )
+    inspect.set_defaults(run=_run_inspect)
 
     args = parser.parse_args(argv)
     return args.run(args, parser)
@@ -211,6 +249,56 @@ def _run_train_tokenizer(args: argparse.Namespace, parser: argparse.ArgumentPars
         print(f"{loaded.piece_count} pieces, trained in {seconds:.2f} s; fits shape {shape.name}.")
     else:
         print(f"trained in {seconds:.2f} s.")
+    return 0
+
+
+def _run_verify(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from pipeline import verify
+
+    if args.max_problems < 1:
+        parser.error("--max-problems must be at least 1")
+    start = time.perf_counter()
+    try:
+        report = verify.verify(args.out, shape=args.shape, max_problems=args.max_problems)
+    except verify.VerifyError as error:
+        print(error, file=sys.stderr)
+        return 1
+    seconds = time.perf_counter() - start
+    if not report.ok:
+        for problem in report.problems:
+            print(problem, file=sys.stderr)
+        hidden = report.problem_count - len(report.problems)
+        more = f" ({hidden} not shown)" if hidden else ""
+        print(f"{args.out}: FAILED, {report.problem_count} problems{more}.", file=sys.stderr)
+        return 1
+    print(
+        f"{args.out}: OK. {report.shard_files} shard files ({report.shard_rows} rows) and "
+        f"{report.reject_files} reject files ({report.reject_rows} rows) match the manifest; every row's "
+        f"invariants and the counts of {report.sources} sources hold ({seconds:.1f} s)."
+    )
+    return 0
+
+
+def _run_inspect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from pipeline import inspect_rows, verify
+    from pipeline.shards import MANIFEST, OutputDir
+    from pipeline.tokenizer import TokenizerError
+
+    try:
+        manifest = OutputDir(args.out).read_json(MANIFEST)
+    except (OSError, ValueError) as error:
+        print(f"{args.out}: cannot read {MANIFEST}: {error}", file=sys.stderr)
+        return 1
+    try:
+        shape = verify.shape_for(manifest, args.shape)
+        tokenizer = inspect_rows.tokenizer_for(manifest, shape, args.tokenizer)
+        row = 0 if args.row is None and args.sample_id is None else args.row
+        path, number, found = inspect_rows.find_row(args.out, row=row, sample_id=args.sample_id)
+    except (verify.VerifyError, TokenizerError, LookupError) as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(f"row {number} of {args.out} ({path})")
+    print(inspect_rows.render_row(found, shape, tokenizer))
     return 0
 
 

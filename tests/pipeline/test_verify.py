@@ -1,0 +1,174 @@
+"""pipeline.verify: row invariants one by one, and whole outputs (made here without Ray) that pass or fail."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from shard_support import EXPECTED, IMG, TOY, image, png, row_of, text, write_output
+
+from pipeline import tokenizer, verify
+from pipeline.packing import pack_rows
+from schemas import reject as reject_schema
+from schemas import shard
+
+
+def small_output(folder: Path) -> Path:
+    captions = [
+        row_of("pics", f"p{i}", "caption", [image(0), text(f"Picture number {i}.")], [png(200 + i, 150)])
+        for i in range(3)
+    ]
+    chats = [row_of("chat", f"c{i}", "text", [text(f"Plain document {i} here.")]) for i in range(5)]
+    rejected = [reject_schema.reject("chat", "c9", "sample", "empty_text", "empty")]
+    return write_output(folder, {"pics": captions, "chat": chats}, rejected)
+
+
+# ----------------------------------------------------------------------------------------------------
+# one row
+
+
+def caption_row() -> dict:
+    return row_of("pics", "k", "caption", [image(0), text("A red square.")], [png(640, 480)])
+
+
+def test_a_built_row_passes():
+    assert verify.check_row(caption_row(), EXPECTED) == []
+
+
+def test_one_image_token_too_many_is_found():
+    row = caption_row()
+    end = row["image_token_offsets"][0] + 1023
+    row["input_ids"][end] = IMG
+    row["labels"][end] = -100
+    row["num_loss_tokens"] -= int(row["labels"][end] != -100)
+    problems = verify.check_row(row, EXPECTED)
+    assert any("outside the image spans, first at position" in p for p in problems)
+    assert any("num_image_tokens 1023 but the row holds 1024" in p for p in problems)
+
+
+def test_each_broken_invariant_has_its_message():
+    cases = {
+        "labels holds": lambda r: r.update(labels=r["labels"][:-1]),
+        "ids outside [0, 8192)": lambda r: r["input_ids"].__setitem__(-2, 9000),
+        "neither -100 nor the token's id": lambda r: r["labels"].__setitem__(-2, 5),
+        "<image> tokens are trained on": lambda r: r["labels"].__setitem__(10, IMG),
+        "does not start with bos": lambda r: r["labels"].__setitem__(0, 0),
+        "should be 1023 <image> tokens, found 1022": lambda r: r.update(image_token_offsets=[5]),
+        "stored grid 1×1 but a 640×480 image tiles to 2×2": lambda r: r.update(images_spatial_crop=[[1, 1]]),
+        "num_text_tokens": lambda r: r.update(num_text_tokens=1),
+        "num_loss_tokens": lambda r: r.update(num_loss_tokens=0),
+        "seq_len": lambda r: r.update(seq_len=3),
+        "tokenizer_sha256": lambda r: r.update(tokenizer_sha256="0" * 64),
+        "shape_fingerprint": lambda r: r.update(shape_fingerprint="x"),
+        "its bytes are 640×480": lambda r: r["images"][0].update(width_px=641),
+        "1 images, 0 images_spatial_crop rows": lambda r: r.update(images_spatial_crop=[]),
+        "must be null": lambda r: r.update(cu_seqlens=np.array([0, 3])),
+    }
+    for expected, change in cases.items():
+        row = caption_row()
+        change(row)
+        problems = verify.check_row(row, EXPECTED)
+        assert any(expected in p for p in problems), (expected, problems)
+
+
+def test_three_images_must_not_crop():
+    content = [image(0), image(1), image(2), text("Three pictures.")]
+    row = row_of("pics", "k", "interleaved", content, [png(640, 480), png(50, 50), png(60, 60)])
+    assert row["images_spatial_crop"] == [[1, 1]] * 3 and verify.check_row(row, EXPECTED) == []
+    row["images_spatial_crop"] = [[2, 2], [1, 1], [1, 1]]
+    assert any("tiles to 1×1" in p for p in verify.check_row(row, EXPECTED))
+
+
+def test_packed_rows():
+    first = row_of("a", "1", "text", [text("One document.")])
+    second = row_of("a", "2", "caption", [image(0), text("A picture.")], [png(100, 100)])
+    packed = pack_rows([first, second], 600, TOY.special_tokens.pad)
+    assert verify.check_row(packed, EXPECTED) == []
+    packed["position_ids"] = np.arange(600)
+    assert any("position_ids do not restart" in p for p in verify.check_row(packed, EXPECTED))
+    packed["cu_seqlens"] = np.array([0, 5, 600])
+    assert any("do not match cu_seqlens" in p for p in verify.check_row(packed, EXPECTED))
+
+
+# ----------------------------------------------------------------------------------------------------
+# whole outputs
+
+
+def test_a_clean_output_verifies(tmp_path):
+    report = verify.verify(str(small_output(tmp_path)))
+    assert report.ok, [str(p) for p in report.problems]
+    assert (report.shard_files, report.shard_rows, report.reject_files, report.reject_rows) == (2, 8, 1, 1)
+
+
+def rewrite_row(out: Path, relative: str, index: int, change) -> str:
+    """Rewrite one row of a shard and fix its manifest entry, so that only the row's invariants can tell."""
+    table = pq.read_table(out / relative)
+    rows = table.to_pylist()
+    change(rows[index])
+    pq.write_table(shard.to_table(rows), out / relative)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for entry in manifest["shards"]:
+        if entry["path"] == relative:
+            entry["bytes"], entry["sha256"] = (
+                (out / relative).stat().st_size,
+                tokenizer.file_sha256(out / relative),
+            )
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return rows[index]["sample_id"]
+
+
+def test_an_edited_row_with_a_consistent_checksum_is_named(tmp_path):
+    out = small_output(tmp_path)
+
+    def one_more_image_token(row: dict) -> None:
+        end = row["image_token_offsets"][0] + row["num_image_tokens"]
+        row["input_ids"][end] = IMG
+        row["labels"][end] = -100
+
+    sample_id = rewrite_row(out, "shards/pics/part-00000.parquet", 1, one_more_image_token)
+    report = verify.verify(str(out))
+    assert not report.ok
+    named = [p for p in report.problems if p.sample_id == sample_id]
+    assert named and any("outside the image spans" in p.message for p in named)
+    assert all("sha256" not in p.message for p in report.problems)
+
+
+def test_file_and_count_problems(tmp_path):
+    out = small_output(tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "shards/chat/part-00000.parquet").unlink()
+    (out / "shards/pics/extra.parquet").write_bytes(b"stray")
+    manifest["sources"]["pics"]["read"] += 1
+    manifest["sources"]["pics"]["rows"] += 1
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    messages = [str(p) for p in verify.verify(str(out)).problems]
+    expected = [
+        "shards/chat/part-00000.parquet: listed in the manifest but missing",
+        "shards/pics/extra.parquet: not listed in the manifest",
+        "manifest.json source pics: read 4 != written 3 + rejected 0",
+        "manifest.json source pics: rows 4 but the shards' rows hold 3",
+        "manifest.json source chat: rows 5 but the shards' rows hold 0",
+    ]
+    for message in expected:
+        assert message in messages, (message, messages)
+
+
+def test_a_flipped_byte_fails_the_checksum(tmp_path):
+    out = small_output(tmp_path)
+    path = out / "rejects/part-00000.parquet"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    report = verify.verify(str(out))
+    assert any(p.where == "rejects/part-00000.parquet" and "sha256" in p.message for p in report.problems)
+
+
+def test_problems_are_capped_but_counted(tmp_path):
+    out = small_output(tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["tokenizer"]["sha256"] = "0" * 64
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    report = verify.verify(str(out), max_problems=2)
+    assert len(report.problems) == 2 and report.problem_count == 8
