@@ -177,6 +177,135 @@ def write_text() -> None:
     (CORPUS / "text.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines) + "{not json\n")
 
 
+def write_obelics(encoded: dict[str, bytes]) -> None:
+    documents = [
+        {
+            "url": "https://example.org/space",
+            "texts": ["Astronauts train for years.", None, "Their suits weigh over a hundred kilograms."],
+            "images": [None, {"bytes": encoded["astronaut"], "path": "astronaut.jpg"}, None],
+        },
+        {
+            "url": "https://example.org/pets",
+            "texts": [None, "Cats sleep most of the day.", None, "Horses sleep standing up."],
+            "images": [
+                {"bytes": encoded["chelsea"], "path": "chelsea.jpg"},
+                None,
+                {"bytes": encoded["horse"], "path": "horse.jpg"},
+                None,
+            ],
+        },
+    ]
+    pq.write_table(pa.Table.from_pylist(documents), CORPUS / "obelics.parquet", compression="zstd")
+
+
+def write_mmc4() -> None:
+    documents = [
+        {
+            "url": "https://example.org/photography",
+            "text_list": ["Old cameras used film.", "This one stands on a tripod.", "Film was developed."],
+            "image_info": [
+                {"image_name": "camera.jpg", "raw_url": "https://example.org/c.jpg", "matched_text_index": 1,
+                 "matched_sim": 0.31},
+            ],
+        },
+        {
+            "url": "https://example.org/history",
+            "text_list": ["A pioneer of computing.", "She led the development of COBOL."],
+            "image_info": [
+                {"image_name": "hopper.jpg", "raw_url": "https://example.org/h.jpg", "matched_text_index": 0,
+                 "matched_sim": 0.28},
+                {"image_name": "absent.jpg", "raw_url": "https://example.org/x.jpg", "matched_text_index": 1,
+                 "matched_sim": 0.22},
+            ],
+        },
+    ]  # fmt: skip
+    (CORPUS / "mmc4.jsonl").write_text("".join(json.dumps(d) + "\n" for d in documents))
+
+
+def write_ocr_jsonl() -> None:
+    records = [
+        {
+            "image": "images/panorama.jpg",
+            "text": "A WIDE STRIP\nCUT FROM A PORTRAIT",
+            "lines": [
+                {"text": "A WIDE STRIP", "bbox": [40, 20, 520, 90]},
+                {"text": "CUT FROM A PORTRAIT", "bbox": [40, 100, 900, 170]},
+            ],
+        },
+        {"image": "images/camera.jpg", "text": "No text is visible in this photograph."},
+        {
+            "image": "images/hopper.jpg",
+            "text": "OUTSIDE",
+            "lines": [{"text": "OUTSIDE", "bbox": [500, 900, 600, 950]}],
+        },
+    ]  # fmt: skip
+    (CORPUS / "ocr.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def write_textocr() -> None:
+    document = {
+        "imgs": {
+            "img1": {"id": "img1", "file_name": "chelsea.jpg", "width": 451, "height": 300, "set": "train"}
+        },
+        "anns": {
+            "a1": {"image_id": "img1", "bbox": [20, 30, 120, 40], "utf8_string": "TABBY"},
+            "a2": {"image_id": "img1", "bbox": [160, 30, 100, 40], "utf8_string": "."},
+            "a3": {"image_id": "img1", "bbox": [300, 240, 140, 50], "utf8_string": "CAT"},
+        },
+        "imgToAnns": {"img1": ["a1", "a2", "a3"]},
+    }  # fmt: skip
+    (CORPUS / "textocr.json").write_text(json.dumps(document, indent=1) + "\n")
+
+
+def write_refcoco() -> None:
+    folder = CORPUS / "refcoco"
+    folder.mkdir(parents=True, exist_ok=True)
+    instances = {
+        "images": [
+            {"id": 1, "file_name": "astronaut.jpg", "width": 320, "height": 320},
+            {"id": 2, "file_name": "horse.jpg", "width": 300, "height": 246},
+        ],
+        "annotations": [
+            {"id": 10, "image_id": 1, "bbox": [60, 40, 200, 280], "category_id": 1},
+            {"id": 11, "image_id": 1, "bbox": [0, 0, 90, 150], "category_id": 2},
+            {"id": 20, "image_id": 2, "bbox": [30, 20, 250, 210], "category_id": 3},
+        ],
+    }
+    refs = [
+        {"ref_id": 0, "image_id": 1, "ann_id": 10, "split": "train", "category_id": 1,
+         "sentences": [{"raw": "the woman in the white suit", "sent": "the woman in the white suit"},
+                       {"raw": "astronaut smiling", "sent": "astronaut smiling"}]},
+        {"ref_id": 1, "image_id": 1, "ann_id": 11, "split": "train", "category_id": 2,
+         "sentences": [{"raw": "flag at the top left", "sent": "flag at the top left"}]},
+        {"ref_id": 2, "image_id": 2, "ann_id": 20, "split": "val", "category_id": 3,
+         "sentences": [{"raw": "the black horse", "sent": "the black horse"}]},
+    ]  # fmt: skip
+    (folder / "instances.json").write_text(json.dumps(instances, indent=1) + "\n")
+    (folder / "refs(unc).json").write_text(json.dumps(refs, indent=1) + "\n")
+
+
+def write_grit(encoded: dict[str, bytes]) -> None:
+    rows = [
+        {
+            "key": "000000001",
+            "caption": "An astronaut holding a helmet in front of a flag",
+            "width": 320,
+            "height": 320,
+            "noun_chunks": [[0, 12, 0.18, 0.12, 0.82, 0.98, 0.9], [23, 29, 0.5, 0.55, 0.8, 0.85, 0.7]],
+            "image": {"bytes": encoded["astronaut"], "path": "astronaut.jpg"},
+        },
+        {
+            "key": "000000002",
+            "caption": "A cat resting on a blanket",
+            "width": 451,
+            "height": 300,
+            "noun_chunks": [[0, 5, 0.1, 0.1, 0.7, 0.9, 0.8]],
+            "image": {"bytes": encoded["chelsea"], "path": "chelsea.jpg"},
+        },
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), CORPUS / "grit.parquet", compression="zstd")
+
+
 def main() -> None:
     encoded = write_images()
     write_llava()
@@ -184,6 +313,12 @@ def main() -> None:
     write_webdataset(encoded)
     write_parquet(encoded)
     write_text()
+    write_obelics(encoded)
+    write_mmc4()
+    write_ocr_jsonl()
+    write_textocr()
+    write_refcoco()
+    write_grit(encoded)
     total = sum(path.stat().st_size for path in CORPUS.rglob("*") if path.is_file())
     print(f"wrote {CORPUS} ({total / 1024:.0f} KiB)")
 

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from jobs.config import REFERENCE, ConfigError, load_config, parse_config
+from pipeline import ingest
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "jobs" / "examples" / "pretokenize.yaml"
@@ -23,13 +24,21 @@ def minimal() -> dict:
 
 def test_example_config_loads_with_defaults(tmp_path):
     config = load_config(EXAMPLE)
-    assert [reader.config.name for reader in config.readers] == [
+    names = [
         "llava",
         "coco",
         "laion-style",
         "hf-captions",
         "text",
+        "obelics",
+        "mmc4",
+        "ocr",
+        "textocr",
+        "refcoco",
     ]
+    assert [reader.config.name for reader in config.readers] == [*names, "grit"]
+    # Every input format has a source in the example.
+    assert {reader.config.format for reader in config.readers} == set(ingest.READERS)
     assert config.shape.name == "tiny" and config.compression == "zstd"
     assert config.shard_target_bytes == 64 * 2**20
     assert config.output_dir == str((REPO / "out" / "example").resolve())
