@@ -7,6 +7,8 @@ Subcommands:
 - `vl2prep verify OUT`: check every file of a finished output against its manifest and every row against the
   shard invariants (`pipeline.verify`); exit 1 with one line per problem, 0 with a short summary.
 - `vl2prep inspect OUT [--row N | --sample-id ID]`: print one row for a person (`pipeline.inspect_rows`).
+- `vl2prep stats OUT [--report-dir DIR]`: statistics of a finished output as a Ray job (`jobs.stats`):
+  `stats.json`, `report.html` and `report.md` in `OUT/stats/` or DIR.
 - `vl2prep train-tokenizer --input FILES --vocab-size N --out PATH`: train a sentencepiece BPE tokenizer
   (byte fallback, no dummy prefix, ids 0-3 bos/eos/pad/unk) from text files, reproducibly.
 """
@@ -127,6 +129,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--tokenizer", default=None, metavar="PATH", help="the tokenizer file, when the config's is relative"
     )
     inspect.set_defaults(run=_run_inspect)
+
+    stats = commands.add_parser(
+        "stats",
+        help="dataset statistics of a finished output: stats.json, report.html, report.md",
+        description="Compute statistics over the shards and rejects of a finished output (one Ray task per "
+        "file, partial aggregates merged on the driver) and write stats.json, a self-contained report.html "
+        "with plots and a short report.md to OUT/stats/ (or --report-dir).",
+    )
+    stats.add_argument("out", help="the output folder (holding manifest.json): a path or a URI")
+    stats.add_argument("--report-dir", default=None, metavar="DIR", help="write the files here instead")
+    stats.add_argument(
+        "--tokenizer", default=None, metavar="PATH", help="the tokenizer file, when the config's is relative"
+    )
+    stats.set_defaults(run=_run_stats)
 
     args = parser.parse_args(argv)
     return args.run(args, parser)
@@ -300,6 +316,12 @@ def _run_inspect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     print(f"row {number} of {args.out} ({path})")
     print(inspect_rows.render_row(found, shape, tokenizer))
     return 0
+
+
+def _run_stats(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from jobs import stats
+
+    return stats.run(args.out, report_dir=args.report_dir, tokenizer_path=args.tokenizer)
 
 
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

@@ -136,6 +136,16 @@ def run(config: JobConfig, overwrite: bool = False, out_stream: Any = None) -> i
     manifest = _commit(config, out, partitions, identity)
     out.delete(STAGING)
     _print_summary(manifest, time.perf_counter() - started, out_stream)
+    from jobs import stats  # imports matplotlib: only once the shards are committed
+
+    if not out.exists(stats.STATS_FILE):
+        return stats.run(
+            config.output_dir,
+            tokenizer_path=config.tokenizer_path,
+            ray_address=config.ray_address,
+            num_cpus=config.ray_num_cpus,
+            out_stream=out_stream,
+        )
     return 0
 
 

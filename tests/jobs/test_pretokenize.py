@@ -59,9 +59,11 @@ def test_example_corpus_end_to_end(ray_session, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert not (out / "_staging").exists()
 
-    # Every listed file is there with its size and checksum; nothing else is.
+    # Every listed file is there with its size and checksum; nothing else is, but the statistics report.
     listed = {entry["path"]: entry for entry in manifest["shards"] + manifest["rejects"]}
-    assert set(listed) | {"manifest.json"} == set(file_hashes(out))
+    written = {path for path in file_hashes(out) if not path.startswith("stats/")}
+    assert set(listed) | {"manifest.json"} == written
+    assert {"stats/stats.json", "stats/report.html", "stats/report.md"} <= set(file_hashes(out))
     for path, entry in listed.items():
         data = (out / path).read_bytes()
         assert (len(data), hashlib.sha256(data).hexdigest()) == (entry["bytes"], entry["sha256"])

@@ -1,0 +1,691 @@
+"""Dataset statistics as exact, mergeable partial aggregates over shard and reject rows.
+
+A `Partial` is computed from one batch of rows (`shard_partial`, `reject_partial`), partials are combined with
+`merge` (associative and commutative: every field is an integer, a `Counter` of integer keys, or the least
+example key), and `finalize` turns the merged partial and the output's manifest into the `stats.json` dict.
+No step needs all rows at once, and nothing is approximated: every distribution is a `Counter` of exact
+values (token counts, widths, grids) or of fixed integer bins (aspect ratios, padding waste, box areas), so
+merging in any order gives the same numbers.
+
+Rows are aggregated per *cell* = (row source, row kind) and the cells are merged into `overall`, one group
+per source and one per kind in `finalize`. A packed row has source and kind "packed"; its documents (with
+their own source and kind) count in `mixture` and in the per-sequence distributions. A *sequence* is one
+unpacked row or one document of a packed row.
+
+Percentiles (`p50`, `p90`, `p99`) are nearest-rank: the smallest value v such that at least ⌈p·n/100⌉ of the
+n values are ≤ v (numpy's `percentile(..., method="inverted_cdf")`).
+
+Keys of `stats.json` (a `DIST` is {count, sum, mean, min, p50, p90, p99, max}; with count 0 the others are 0
+and mean/min/percentiles/max are null; a `HIST` is {bin_edges, counts} with len(counts) == len(bin_edges) - 1,
+bin i holding values in [bin_edges[i], bin_edges[i + 1]), the last bin closed):
+
+- `vl2prep_stats`: the format version (1).
+- `output`: {model_shape, shape_fingerprint, tokenizer_sha256, max_seq_len, packing (bool)} from the manifest.
+- `overall`, `sources.<name>`, `kinds.<kind>`: a GROUP, below. Each `sources.<name>` also has `read` and
+  `written` (records, from the manifest: shards do not know what was read) and `rejected` (reject rows).
+- GROUP:
+  - `rows`: shard rows; `samples`: sequences that start a sample (part 0 or 1); `truncated`: rows whose text
+    was cut to fit (`truncated`); `dropped`: sequence rejects `too_long` (sources and overall only, else 0).
+  - `tokens`: {text, image, loss, total: DIST over rows of num_text_tokens, num_image_tokens,
+    num_loss_tokens, seq_len; `image_share`: image / total token sums (null when no tokens)}.
+  - `seq_len`: {max_seq_len, over_max (rows longer than max_seq_len), histogram: HIST over rows, 32 equal
+    integer bins from 0 to max_seq_len}.
+  - `packing`: null without packed rows, else {rows, documents, document_tokens, slots (sum of seq_len of the
+    packed rows), efficiency = document_tokens / slots}.
+  - `images`: {count; per_sequence: {n images: sequences}; width_px, height_px: DIST; size_histogram:
+    {bin_px: 128, max_px: 4096, counts: [[images with width bin i and height bin j]]}, sizes ≥ 4096 in the
+    last bin; aspect_ratio: HIST of log2(width / height) in steps of 0.25 from -3 to 3, outside values
+    clamped to the end bins; grids: {"WxH": images} with W, H = tiles across and down; tokens_per_image: DIST;
+    no_tiling: images in sequences of more than 2 images (their grid is 1x1 by the official rule);
+    padding_waste: {share: padded pixels / canvas pixels over all images (exact integers), histogram: HIST in
+    percent, 1 % bins 0..100}}. A canvas is grid · tile size; the fit is `pipeline.tiling.contain_size`.
+  - `grounding` (unpacked rows; a packed row's regions are not split by document): {sequences_with_regions,
+    refs_per_sequence: {n: sequences}, boxes: total,
+    boxes_per_sequence: {n: sequences}, box_area_share: HIST in percent of the image's area, 1 % bins}.
+  - `text`: {tokens: ordinary (non-special) text tokens, distinct_tokens, top_tokens: the 20 most frequent
+    [{id, text (null without a tokenizer), count}], ties by id; byte_fallback_share: share of `<0xNN>`
+    tokens among them (null when the tokenizer is unavailable); chars_per_token: characters of the decoded
+    ordinary tokens / their count on a deterministic sample, every 16th row of each shard file (decoding
+    every row would cost more than the rest of the pass), null without a tokenizer; chars_sample: {rows,
+    tokens, chars} of that sample}.
+- `rejects`: {total, by_reason: {reason: {count, example_key}}, by_stage: {stage: count}}; example_key is the
+  least key (string order) among that reason's rejects, so it does not depend on the order of work. Each
+  `sources.<name>` has the same under `rejects`.
+- `mixture`: {per_source: {source: {sequences, tokens, token_share}} over sequences (documents of packed rows
+  counted under their own source), vl_tokens / text_only_tokens: tokens of sequences with / without images,
+  vl_to_text_only: their ratio (null when there is no text-only token)}.
+- `shards`: {count, bytes: DIST, rows: DIST, per_source: {source: {count, bytes, rows}}, rejects: {count,
+  bytes, rows}} from the manifest's file lists.
+- `candidate_grids`: the shape's candidate tile grids [W, H], for the heat map.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from model_shapes import ModelShape
+from pipeline import layout, tiling
+
+__all__ = [
+    "REJECT_COLUMNS",
+    "SHARD_COLUMNS",
+    "Cell",
+    "Context",
+    "Partial",
+    "context_for",
+    "distribution",
+    "finalize",
+    "merge",
+    "percentile",
+    "reject_partial",
+    "shard_partial",
+]
+
+STATS_VERSION = 1
+SHARD_COLUMNS = (
+    "source",
+    "kind",
+    "part",
+    "input_ids",
+    "images.list.element.width_px",
+    "images.list.element.height_px",
+    "images_spatial_crop",
+    "image_token_offsets",
+    "regions.list.element.image",
+    "regions.list.element.boxes",
+    "num_image_tokens",
+    "num_text_tokens",
+    "num_loss_tokens",
+    "seq_len",
+    "truncated",
+    "cu_seqlens",
+    "documents.list.element.source",
+    "documents.list.element.kind",
+    "documents.list.element.part",
+    "documents.list.element.seq_len",
+)
+"""The shard columns the statistics read (Parquet column paths: image bytes and token labels stay on disk)."""
+REJECT_COLUMNS = ("source", "key", "stage", "reason")
+
+SEQ_LEN_BINS = 32
+SIZE_BIN_PX = 128
+SIZE_MAX_PX = 4096
+ASPECT_STEP = 0.25
+ASPECT_LIMIT = 3.0
+TOP_TOKENS = 20
+TEXT_SAMPLE_EVERY = 16
+NO_TILING_ABOVE = 2
+PERCENTILES = (50, 90, 99)
+
+Grid = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the statistics need to know about the model and tokenizer: small and picklable."""
+
+    max_seq_len: int
+    tile_px: int
+    special_ids: tuple[int, ...]
+    image_tokens_by_grid: Mapping[Grid, int]
+    candidate_grids: tuple[Grid, ...]
+    byte_fallback_ids: tuple[int, ...] | None = None
+
+
+def context_for(shape: ModelShape, max_seq_len: int, byte_fallback_ids: Iterable[int] | None) -> Context:
+    """The context for rows made with `shape` (special ids filled in) and a tokenizer whose byte-fallback
+    pieces are `byte_fallback_ids` (None when the tokenizer is unavailable)."""
+    assert shape.special_tokens is not None
+    special = shape.special_tokens
+    tile = shape.image_size
+    grids = tuple((w // tile, h // tile) for w, h in tiling.candidate_resolutions(shape))
+    return Context(
+        max_seq_len=max_seq_len,
+        tile_px=tile,
+        special_ids=tuple(sorted(getattr(special, f.name) for f in fields(special))),
+        image_tokens_by_grid={g: layout.image_token_count(g, shape) for g in {(1, 1), *grids}},
+        candidate_grids=grids,
+        byte_fallback_ids=None if byte_fallback_ids is None else tuple(sorted(byte_fallback_ids)),
+    )
+
+
+@dataclass
+class Cell:
+    """Exact aggregates of the rows of one (source, kind); every field merges by addition."""
+
+    rows: int = 0
+    samples: int = 0
+    truncated: int = 0
+    text_tokens: Counter = field(default_factory=Counter)
+    image_tokens: Counter = field(default_factory=Counter)
+    loss_tokens: Counter = field(default_factory=Counter)
+    seq_len: Counter = field(default_factory=Counter)
+    packed_rows: int = 0
+    packed_documents: int = 0
+    packed_document_tokens: int = 0
+    packed_slots: int = 0
+    images_per_sequence: Counter = field(default_factory=Counter)
+    width_px: Counter = field(default_factory=Counter)
+    height_px: Counter = field(default_factory=Counter)
+    size_bins: Counter = field(default_factory=Counter)
+    aspect_bins: Counter = field(default_factory=Counter)
+    grids: Counter = field(default_factory=Counter)
+    tokens_per_image: Counter = field(default_factory=Counter)
+    no_tiling: int = 0
+    padding_px: int = 0
+    canvas_px: int = 0
+    padding_bins: Counter = field(default_factory=Counter)
+    refs_per_sequence: Counter = field(default_factory=Counter)
+    boxes_per_sequence: Counter = field(default_factory=Counter)
+    box_area_bins: Counter = field(default_factory=Counter)
+    token_ids: Counter = field(default_factory=Counter)
+    sampled_rows: int = 0
+    sampled_tokens: int = 0
+    sampled_chars: int = 0
+
+    def __add__(self, other: Cell) -> Cell:
+        return Cell(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+
+@dataclass
+class Partial:
+    """A mergeable piece of the statistics: cells by (source, kind), sequences by (source, kind, has
+    images), rejects by (source, stage, reason) with the least key per (source, reason)."""
+
+    cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
+    sequences: Counter = field(default_factory=Counter)
+    sequence_tokens: Counter = field(default_factory=Counter)
+    rejects: Counter = field(default_factory=Counter)
+    reject_examples: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+def merge(a: Partial, b: Partial) -> Partial:
+    """The partial of both inputs' rows; associative and commutative. The inputs are not modified."""
+    cells = dict(a.cells)
+    for key, cell in b.cells.items():
+        cells[key] = cells[key] + cell if key in cells else cell
+    examples = dict(a.reject_examples)
+    for key, example in b.reject_examples.items():
+        examples[key] = min(examples.get(key, example), example)
+    return Partial(
+        cells=cells,
+        sequences=a.sequences + b.sequences,
+        sequence_tokens=a.sequence_tokens + b.sequence_tokens,
+        rejects=a.rejects + b.rejects,
+        reject_examples=examples,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# partials from rows
+
+
+def _count(values: np.ndarray) -> Counter:
+    """Counter of the integer values of a 1-D array."""
+    if values.size == 0:
+        return Counter()
+    low = int(values.min())
+    if int(values.max()) - low < 4 * values.size + 2**16:  # dense enough: counting beats sorting
+        counts = np.bincount(values - low)
+        keys = np.flatnonzero(counts)
+        return Counter(dict(zip((keys + low).tolist(), counts[keys].tolist(), strict=True)))
+    keys, counts = np.unique(values, return_counts=True)
+    return Counter(dict(zip(keys.tolist(), counts.tolist(), strict=True)))
+
+
+def _count_pairs(first: np.ndarray, second: np.ndarray) -> Counter:
+    if first.size == 0:
+        return Counter()
+    pairs, counts = np.unique(np.stack([first, second], axis=1), axis=0, return_counts=True)
+    return Counter({(int(a), int(b)): int(n) for (a, b), n in zip(pairs, counts, strict=True)})
+
+
+def _numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return array.to_numpy(zero_copy_only=False)
+
+
+def _groups(source: np.ndarray, kind: np.ndarray) -> Iterable[tuple[tuple[str, str], np.ndarray]]:
+    """((source, kind), mask) for each pair that occurs."""
+    for name in np.unique(source).tolist():
+        of_source = source == name
+        for kind_name in np.unique(kind[of_source]).tolist():
+            yield (name, kind_name), of_source & (kind == kind_name)
+
+
+def _field(struct: pa.StructArray, name: str) -> pa.Array:
+    """A child of a struct array, with the struct's offset applied."""
+    return struct.flatten()[struct.type.get_field_index(name)]
+
+
+def _list(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+    """(flattened values, parent row index per value) of a list column."""
+    array = column.combine_chunks()
+    return array.flatten(), np.asarray(pa.compute.list_parent_indices(array))
+
+
+def shard_partial(
+    rows: pa.Table | pa.RecordBatch,
+    context: Context,
+    decode: Callable[[list[int]], str] | None = None,
+    first_row: int = 0,
+) -> Partial:
+    """The partial of shard rows (at least the columns `SHARD_COLUMNS`). `first_row` is the index of the first
+    row within its shard file (the text sample takes rows whose index is a multiple of 16); `decode` turns
+    ordinary token ids into text for the characters-per-token sample (skipped when None)."""
+    table = rows if isinstance(rows, pa.Table) else pa.Table.from_batches([rows])
+    n = table.num_rows
+    partial = Partial()
+    if n == 0:
+        return partial
+    source = _numpy(table.column("source")).astype(str)
+    kind = _numpy(table.column("kind")).astype(str)
+    part = _numpy(table.column("part"))
+    seq_len = _numpy(table.column("seq_len")).astype(np.int64)
+    text_tokens = _numpy(table.column("num_text_tokens"))
+    image_tokens = _numpy(table.column("num_image_tokens"))
+    loss_tokens = _numpy(table.column("num_loss_tokens"))
+    truncated = _numpy(table.column("truncated")).astype(bool)
+
+    # Images: sizes, grids, offsets, with their row.
+    image_structs, image_row = _list(table.column("images"))
+    width = _numpy(_field(image_structs, "width_px")).astype(np.int64)
+    height = _numpy(_field(image_structs, "height_px")).astype(np.int64)
+    grid_values, _ = _list(table.column("images_spatial_crop"))
+    grid = _numpy(grid_values.flatten()).reshape(-1, 2).astype(np.int64)
+    offsets, _ = _list(table.column("image_token_offsets"))
+    row_start = np.concatenate([[0], np.cumsum(seq_len)])
+    image_position = row_start[image_row] + _numpy(offsets)
+
+    # Sequences: one per unpacked row, one per document (and one per pad tail) of a packed row.
+    packed = _numpy(table.column("cu_seqlens").is_valid()).astype(bool)
+    boundary_values, boundary_row = _list(table.column("cu_seqlens"))
+    boundaries = _numpy(boundary_values).astype(np.int64)
+    last = np.append(boundary_row[1:] != boundary_row[:-1], True) if boundaries.size else np.zeros(0, bool)
+    packed_starts = row_start[boundary_row[~last]] + boundaries[~last]
+    starts = np.sort(np.concatenate([row_start[:-1][~packed], packed_starts]))
+    segment_row = np.searchsorted(row_start, starts, side="right") - 1
+    images_per_segment = np.bincount(
+        np.searchsorted(starts, image_position, side="right") - 1, minlength=starts.size
+    )
+    documents, document_row = _list(table.column("documents"))
+    doc_count = np.bincount(document_row, minlength=n)
+    # Within a row, a segment is a sequence when its index is below the row's document count (unpacked: 1).
+    segment_index = np.arange(starts.size) - np.searchsorted(segment_row, segment_row, side="left")
+    is_sequence = segment_index < np.where(packed, doc_count, 1)[segment_row]
+    sequence_row = segment_row[is_sequence]
+    sequence_images = images_per_segment[is_sequence]
+    sequence_of_image = np.cumsum(is_sequence)[np.searchsorted(starts, image_position, side="right") - 1] - 1
+    images_in_sequence = sequence_images[sequence_of_image]
+
+    # Sequence attributes: the row's for unpacked rows, the document's for packed ones.
+    seq_source, seq_kind = source[sequence_row].copy(), kind[sequence_row].copy()
+    seq_part, seq_tokens = part[sequence_row].copy(), seq_len[sequence_row].copy()
+    packed_sequence = packed[sequence_row]
+    if len(documents):
+        seq_source[packed_sequence] = _numpy(_field(documents, "source")).astype(str)
+        seq_kind[packed_sequence] = _numpy(_field(documents, "kind")).astype(str)
+        seq_part[packed_sequence] = _numpy(_field(documents, "part"))
+        seq_tokens[packed_sequence] = _numpy(_field(documents, "seq_len"))
+    for key, mask in _groups(seq_source, seq_kind):
+        for has_images in (False, True):
+            selected = mask & ((sequence_images > 0) == has_images)
+            if selected.any():
+                partial.sequences[(*key, has_images)] += int(selected.sum())
+                partial.sequence_tokens[(*key, has_images)] += int(seq_tokens[selected].sum())
+
+    # Padding waste: the canvas minus the image fitted into it (PIL's contain, half-to-even rounding).
+    canvas_w, canvas_h = grid[:, 0] * context.tile_px, grid[:, 1] * context.tile_px
+    wider = width * canvas_h > height * canvas_w
+    taller = width * canvas_h < height * canvas_w
+    fit_w = np.where(taller, np.round(width / height * canvas_h), canvas_w).astype(np.int64)
+    fit_h = np.where(wider, np.round(height / width * canvas_w), canvas_h).astype(np.int64)
+    canvas_area = canvas_w * canvas_h
+    padding = canvas_area - fit_w * fit_h
+    aspect_bin = np.clip(
+        np.floor(np.log2(width / np.maximum(height, 1)) / ASPECT_STEP), -ASPECT_LIMIT / ASPECT_STEP, None
+    )
+    aspect_bin = np.minimum(aspect_bin, ASPECT_LIMIT / ASPECT_STEP - 1).astype(np.int64)
+    size_bins = SIZE_MAX_PX // SIZE_BIN_PX
+    tokens_by_grid = np.zeros(
+        (
+            1 + max(w for w, _ in context.image_tokens_by_grid),
+            1 + max(h for _, h in context.image_tokens_by_grid),
+        ),
+        dtype=np.int64,
+    )
+    for (w, h), tokens in context.image_tokens_by_grid.items():
+        tokens_by_grid[w, h] = tokens
+    grid_tokens = tokens_by_grid[grid[:, 0], grid[:, 1]]
+
+    # Regions: boxes per region, box areas against their image.
+    regions, region_row = _list(table.column("regions"))
+    boxes, box_region = _list(pa.chunked_array([_field(regions, "boxes")]))
+    box = _numpy(boxes.flatten()).reshape(-1, 4)
+    region_image = _numpy(_field(regions, "image")).astype(np.int64)
+    first_image = np.searchsorted(image_row, np.arange(n), side="left")
+    box_image = (first_image[region_row] + region_image)[box_region]
+    box_row = region_row[box_region]
+    box_area = np.clip((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]), 0, None)
+    image_area = (width * height)[box_image] if box.size else np.zeros(0)
+    box_percent = np.minimum(np.floor(box_area / image_area * 100), 99).astype(np.int64)
+
+    # Tokens: ordinary ids per row; the text sample is every 16th row of the file.
+    ids_values, id_row = _list(table.column("input_ids"))
+    ids = _numpy(ids_values)
+    ordinary = ~np.isin(ids, np.asarray(context.special_ids, dtype=ids.dtype))
+    ordinary_ids, ordinary_row = ids[ordinary], id_row[ordinary]
+    sampled = (np.arange(first_row, first_row + n) % TEXT_SAMPLE_EVERY == 0) if decode else np.zeros(n, bool)
+
+    refs = np.bincount(region_row, minlength=n)
+    boxes_per_row = np.bincount(box_row, minlength=n)
+    ordinary_start = np.searchsorted(ordinary_row, np.arange(n + 1))
+    for key, rows_in in _groups(source, kind):
+        image_in = rows_in[image_row]
+        box_in = rows_in[box_row]
+        sequence_in = rows_in[sequence_row]
+        cell = Cell(
+            rows=int(rows_in.sum()),
+            samples=int(((seq_part <= 1) & sequence_in).sum()),
+            truncated=int((truncated & rows_in).sum()),
+            text_tokens=_count(text_tokens[rows_in]),
+            image_tokens=_count(image_tokens[rows_in]),
+            loss_tokens=_count(loss_tokens[rows_in]),
+            seq_len=_count(seq_len[rows_in]),
+            packed_rows=int((packed & rows_in).sum()),
+            packed_documents=int(doc_count[rows_in].sum()),
+            packed_document_tokens=int(seq_tokens[sequence_in & packed_sequence].sum()),
+            packed_slots=int(seq_len[rows_in & packed].sum()),
+            images_per_sequence=_count(sequence_images[sequence_in]),
+            width_px=_count(width[image_in]),
+            height_px=_count(height[image_in]),
+            size_bins=_count_pairs(
+                np.minimum(width[image_in] // SIZE_BIN_PX, size_bins - 1),
+                np.minimum(height[image_in] // SIZE_BIN_PX, size_bins - 1),
+            ),
+            aspect_bins=_count(aspect_bin[image_in]),
+            grids=_count_pairs(grid[image_in, 0], grid[image_in, 1]),
+            tokens_per_image=_count(grid_tokens[image_in]),
+            no_tiling=int((images_in_sequence[image_in] > NO_TILING_ABOVE).sum()),
+            padding_px=int(padding[image_in].sum()),
+            canvas_px=int(canvas_area[image_in].sum()),
+            padding_bins=_count(padding[image_in] * 100 // canvas_area[image_in]),
+            refs_per_sequence=_count(refs[rows_in & ~packed]),
+            boxes_per_sequence=_count(boxes_per_row[rows_in & ~packed]),
+            box_area_bins=_count(box_percent[box_in]),
+            token_ids=_count(ordinary_ids[rows_in[ordinary_row]]),
+        )
+        for row in np.flatnonzero(rows_in & sampled):
+            row_ids = ordinary_ids[ordinary_start[row] : ordinary_start[row + 1]]
+            if row_ids.size:
+                cell.sampled_rows += 1
+                cell.sampled_tokens += int(row_ids.size)
+                assert decode is not None
+                cell.sampled_chars += len(decode(row_ids.tolist()))
+        partial.cells[key] = cell
+    return partial
+
+
+def reject_partial(rows: pa.Table | pa.RecordBatch) -> Partial:
+    """The partial of reject rows (at least the columns `REJECT_COLUMNS`)."""
+    partial = Partial()
+    columns = [rows.column(name).to_pylist() for name in REJECT_COLUMNS]
+    for source, key, stage, reason in zip(*columns, strict=True):
+        partial.rejects[(source, stage, reason)] += 1
+        example = partial.reject_examples.get((source, reason))
+        partial.reject_examples[(source, reason)] = key if example is None else min(example, key)
+    return partial
+
+
+# ------------------------------------------------------------------------------------------------
+# finalize
+
+
+def percentile(values: Counter, percent: int) -> int | None:
+    """Nearest-rank percentile of the counted values: the least v with at least ⌈percent·n/100⌉ values ≤ v."""
+    total = sum(values.values())
+    if total == 0:
+        return None
+    rank = max(1, -(-percent * total // 100))
+    seen = 0
+    for value in sorted(values):
+        seen += values[value]
+        if seen >= rank:
+            return value
+    raise AssertionError("unreachable: rank ≤ total")
+
+
+def distribution(values: Counter) -> dict[str, Any]:
+    """DIST of counted integer values: count, sum, mean, min, p50, p90, p99, max."""
+    count = sum(values.values())
+    total = sum(value * times for value, times in values.items())
+    return {
+        "count": count,
+        "sum": total,
+        "mean": total / count if count else None,
+        "min": min(values) if count else None,
+        **{f"p{p}": percentile(values, p) for p in PERCENTILES},
+        "max": max(values) if count else None,
+    }
+
+
+def _histogram(bins: Counter, edges: list[float], offset: int = 0) -> dict[str, Any]:
+    return {"bin_edges": edges, "counts": [bins.get(i + offset, 0) for i in range(len(edges) - 1)]}
+
+
+def _by_value(values: Counter) -> dict[str, int]:
+    return {str(value): values[value] for value in sorted(values)}
+
+
+def _group(
+    cell: Cell, context: Context, token_text: Callable[[int], str] | None, dropped: int
+) -> dict[str, Any]:
+    tokens = {name: distribution(getattr(cell, f"{name}_tokens")) for name in ("text", "image", "loss")}
+    tokens["total"] = distribution(cell.seq_len)
+    total = tokens["total"]["sum"]
+    max_len = context.max_seq_len
+    edges = [i * max_len // SEQ_LEN_BINS for i in range(SEQ_LEN_BINS + 1)]
+    seq_bins: Counter = Counter()
+    for value, times in cell.seq_len.items():
+        if value <= max_len:
+            seq_bins[min(int(np.searchsorted(edges, value, side="right")) - 1, SEQ_LEN_BINS - 1)] += times
+    size_bins = SIZE_MAX_PX // SIZE_BIN_PX
+    aspect_low = int(-ASPECT_LIMIT / ASPECT_STEP)
+    images = sum(cell.width_px.values())
+    text_count = sum(cell.token_ids.values())
+    byte_ids = context.byte_fallback_ids
+    top = sorted(cell.token_ids.items(), key=lambda item: (-item[1], item[0]))[:TOP_TOKENS]
+    return {
+        "rows": cell.rows,
+        "samples": cell.samples,
+        "truncated": cell.truncated,
+        "dropped": dropped,
+        "tokens": {**tokens, "image_share": tokens["image"]["sum"] / total if total else None},
+        "seq_len": {
+            "max_seq_len": max_len,
+            "over_max": sum(times for value, times in cell.seq_len.items() if value > max_len),
+            "histogram": _histogram(seq_bins, edges),
+        },
+        "packing": (
+            {
+                "rows": cell.packed_rows,
+                "documents": cell.packed_documents,
+                "document_tokens": cell.packed_document_tokens,
+                "slots": cell.packed_slots,
+                "efficiency": cell.packed_document_tokens / cell.packed_slots,
+            }
+            if cell.packed_rows
+            else None
+        ),
+        "images": {
+            "count": images,
+            "per_sequence": _by_value(cell.images_per_sequence),
+            "width_px": distribution(cell.width_px),
+            "height_px": distribution(cell.height_px),
+            "size_histogram": {
+                "bin_px": SIZE_BIN_PX,
+                "max_px": SIZE_MAX_PX,
+                "counts": [
+                    [cell.size_bins.get((i, j), 0) for j in range(size_bins)] for i in range(size_bins)
+                ],
+            },
+            "aspect_ratio": _histogram(
+                cell.aspect_bins,
+                [i * ASPECT_STEP for i in range(aspect_low, -aspect_low + 1)],
+                offset=aspect_low,
+            ),
+            "grids": {f"{w}x{h}": cell.grids[(w, h)] for w, h in sorted(cell.grids)},
+            "tokens_per_image": distribution(cell.tokens_per_image),
+            "no_tiling": cell.no_tiling,
+            "padding_waste": {
+                "share": cell.padding_px / cell.canvas_px if cell.canvas_px else None,
+                "histogram": _histogram(cell.padding_bins, list(range(101))),
+            },
+        },
+        "grounding": {
+            "sequences_with_regions": sum(t for n, t in cell.refs_per_sequence.items() if n > 0),
+            "refs_per_sequence": _by_value(cell.refs_per_sequence),
+            "boxes": sum(n * t for n, t in cell.boxes_per_sequence.items()),
+            "boxes_per_sequence": _by_value(cell.boxes_per_sequence),
+            "box_area_share": _histogram(cell.box_area_bins, list(range(101))),
+        },
+        "text": {
+            "tokens": text_count,
+            "distinct_tokens": len(cell.token_ids),
+            "top_tokens": [
+                {"id": i, "text": token_text(i) if token_text else None, "count": c} for i, c in top
+            ],
+            "byte_fallback_share": (
+                sum(cell.token_ids.get(i, 0) for i in byte_ids) / text_count
+                if byte_ids is not None and text_count
+                else None
+            ),
+            "chars_per_token": cell.sampled_chars / cell.sampled_tokens if cell.sampled_tokens else None,
+            "chars_sample": {
+                "rows": cell.sampled_rows,
+                "tokens": cell.sampled_tokens,
+                "chars": cell.sampled_chars,
+            },
+        },
+    }
+
+
+def _rejects(counts: Mapping[tuple[str, str, str], int], examples: Mapping[tuple[str, str], str]) -> dict:
+    by_reason: dict[str, dict[str, Any]] = {}
+    by_stage: Counter = Counter()
+    for (source, stage, reason), count in counts.items():
+        entry = by_reason.setdefault(reason, {"count": 0, "example_key": examples[(source, reason)]})
+        entry["count"] += count
+        entry["example_key"] = min(entry["example_key"], examples[(source, reason)])
+        by_stage[stage] += count
+    return {
+        "total": sum(counts.values()),
+        "by_reason": dict(sorted(by_reason.items())),
+        "by_stage": dict(sorted(by_stage.items())),
+    }
+
+
+def _files(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "count": len(entries),
+        "bytes": sum(e["bytes"] for e in entries),
+        "rows": sum(e["rows"] for e in entries),
+    }
+
+
+def _sum_cells(cells: Iterable[Cell]) -> Cell:
+    total = Cell()
+    for cell in cells:
+        total = total + cell
+    return total
+
+
+def finalize(
+    partial: Partial,
+    context: Context,
+    manifest: Mapping[str, Any],
+    token_text: Callable[[int], str] | None = None,
+) -> dict[str, Any]:
+    """The `stats.json` dict (keys in the module docstring) of the merged partial of every shard and reject
+    file of an output and its manifest. `token_text` names token ids for the top tokens."""
+    cells = partial.cells
+    manifest_sources = manifest.get("sources", {})
+    names = sorted({*manifest_sources, *(s for s, _ in cells), *(s for s, _, _ in partial.rejects)})
+    kinds = sorted({k for _, k in cells})
+    too_long: Counter = Counter()
+    for (source, _, reason), count in partial.rejects.items():
+        if reason == "too_long":
+            too_long[source] += count
+
+    sources = {}
+    for name in names:
+        counts = {k: c for k, c in partial.rejects.items() if k[0] == name}
+        rejects = _rejects(counts, partial.reject_examples)
+        cell = _sum_cells(c for (s, _), c in cells.items() if s == name)
+        sources[name] = {
+            "read": manifest_sources.get(name, {}).get("read", 0),
+            "written": manifest_sources.get(name, {}).get("written", 0),
+            "rejected": rejects["total"],
+            "rejects": rejects,
+            **_group(cell, context, token_text, too_long[name]),
+        }
+
+    tokens_by_source: Counter = Counter()
+    sequences_by_source: Counter = Counter()
+    vl_tokens = text_only_tokens = 0
+    for (source, _, has_images), tokens in partial.sequence_tokens.items():
+        tokens_by_source[source] += tokens
+        if has_images:
+            vl_tokens += tokens
+        else:
+            text_only_tokens += tokens
+    for (source, _, _), count in partial.sequences.items():
+        sequences_by_source[source] += count
+    all_tokens = sum(tokens_by_source.values())
+
+    shard_entries = list(manifest.get("shards", []))
+    shard_sources = sorted({e["source"] for e in shard_entries})
+    return {
+        "vl2prep_stats": STATS_VERSION,
+        "output": {
+            "model_shape": manifest.get("model_shape", {}).get("name"),
+            "shape_fingerprint": manifest.get("model_shape", {}).get("fingerprint"),
+            "tokenizer_sha256": manifest.get("tokenizer", {}).get("sha256"),
+            "max_seq_len": context.max_seq_len,
+            "packing": bool(manifest.get("packing")),
+        },
+        "overall": _group(_sum_cells(cells.values()), context, token_text, sum(too_long.values())),
+        "sources": sources,
+        "kinds": {
+            kind: _group(_sum_cells(c for (_, k), c in cells.items() if k == kind), context, token_text, 0)
+            for kind in kinds
+        },
+        "rejects": _rejects(partial.rejects, partial.reject_examples),
+        "mixture": {
+            "per_source": {
+                source: {
+                    "sequences": sequences_by_source[source],
+                    "tokens": tokens_by_source[source],
+                    "token_share": tokens_by_source[source] / all_tokens if all_tokens else None,
+                }
+                for source in sorted(tokens_by_source)
+            },
+            "vl_tokens": vl_tokens,
+            "text_only_tokens": text_only_tokens,
+            "vl_to_text_only": vl_tokens / text_only_tokens if text_only_tokens else None,
+        },
+        "shards": {
+            "count": len(shard_entries),
+            "bytes": distribution(Counter(e["bytes"] for e in shard_entries)),
+            "rows": distribution(Counter(e["rows"] for e in shard_entries)),
+            "per_source": {s: _files([e for e in shard_entries if e["source"] == s]) for s in shard_sources},
+            "rejects": _files(list(manifest.get("rejects", []))),
+        },
+        "candidate_grids": [list(g) for g in context.candidate_grids],
+    }

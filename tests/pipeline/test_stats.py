@@ -1,0 +1,260 @@
+"""pipeline.stats: exact numbers against a direct numpy/pyarrow recomputation, percentiles against numpy,
+merging in any order, packed rows, and outputs with an empty or an all-rejected source."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import model_shapes
+from pipeline import layout, packing, stats, tiling
+from pipeline import tokenizer as tokenizers
+from schemas import reject as reject_schema
+from schemas import shard as shard_schema
+
+SHAPE = tokenizers.load("default", model_shapes.load("tiny")).shape
+SPECIAL = SHAPE.special_tokens
+BYTE_IDS = tuple(range(3, 259))
+CONTEXT = stats.context_for(SHAPE, 4096, BYTE_IDS)
+
+
+def synthetic_rows(seed: int, n: int, source: str = "web") -> list[dict]:
+    """Structurally valid shard rows: images with their official grids and spans, boxes, random text ids."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for index in range(n):
+        n_images = int(rng.choice([0, 1, 1, 2, 3]))
+        sizes = [(int(rng.integers(8, 3000)), int(rng.integers(8, 3000))) for _ in range(n_images)]
+        grids = [tiling.best_grid(size, SHAPE, cropping=n_images <= 2) for size in sizes]
+        ids, offsets = [SPECIAL.bos], []
+        for grid in grids:
+            ids += rng.integers(3, 600, int(rng.integers(0, 5))).tolist()
+            offsets.append(len(ids))
+            ids += [SPECIAL.image] * layout.image_token_count(grid, SHAPE)
+        ids += [SPECIAL.user, *rng.integers(3, 4000, int(rng.integers(1, 60))).tolist(), SPECIAL.eos]
+        regions = [
+            {"phrase": "thing", "image": i, "boxes": [[0.0, 0.0, w / (b + 1), h / 2] for b in range(i + 1)]}
+            for i, (w, h) in enumerate(sizes)
+            if rng.random() < 0.5
+        ]
+        image_tokens = ids.count(SPECIAL.image)
+        loss = int(rng.integers(1, len(ids) - image_tokens + 1))
+        rows.append(
+            {
+                "sample_id": f"{source}-{seed}-{index}",
+                "source": source,
+                "key": f"k{index}",
+                "kind": "caption" if n_images else "text",
+                "part": int(rng.choice([0, 0, 1, 2])),
+                "input_ids": ids,
+                "labels": [-100] * (len(ids) - loss) + ids[-loss:],
+                "images": [
+                    {"bytes": None, "path": "x.jpg", "format": "JPEG", "width_px": w, "height_px": h}
+                    for w, h in sizes
+                ],
+                "images_spatial_crop": [list(g) for g in grids],
+                "image_token_offsets": offsets,
+                "regions": regions,
+                "num_image_tokens": image_tokens,
+                "num_text_tokens": len(ids) - image_tokens,
+                "num_loss_tokens": loss,
+                "seq_len": len(ids),
+                "truncated": bool(rng.random() < 0.2),
+                "tokenizer_sha256": "t",
+                "shape_fingerprint": "f",
+                "position_ids": None,
+                "cu_seqlens": None,
+                "documents": None,
+            }
+        )
+    return rows
+
+
+def manifest_for(tables: dict[str, pa.Table], rejects: pa.Table | None = None) -> dict:
+    names = sorted({*tables, *(rejects.column("source").to_pylist() if rejects is not None else [])})
+    return {
+        "model_shape": {"name": "tiny", "fingerprint": "f"},
+        "tokenizer": {"sha256": "t"},
+        "max_seq_len": 4096,
+        "packing": None,
+        "sources": {name: {"read": 0, "written": 0} for name in names},
+        "shards": [
+            {
+                "source": name,
+                "path": f"shards/{name}/part-00000.parquet",
+                "rows": t.num_rows,
+                "bytes": 100 + i,
+            }
+            for i, (name, t) in enumerate(tables.items())
+        ],
+        "rejects": [],
+    }
+
+
+def whole(table: pa.Table, manifest: dict, rejects: pa.Table | None = None) -> dict:
+    partial = stats.shard_partial(table, CONTEXT, decode=lambda ids: "x" * len(ids))
+    if rejects is not None:
+        partial = stats.merge(partial, stats.reject_partial(rejects))
+    return stats.finalize(partial, CONTEXT, manifest)
+
+
+def nearest_rank(values: np.ndarray) -> dict:
+    return {f"p{p}": int(np.percentile(values, p, method="inverted_cdf")) for p in (50, 90, 99)}
+
+
+@given(st.lists(st.integers(-50, 10**6), min_size=1, max_size=200))
+def test_percentiles_match_numpy_inverted_cdf(values):
+    dist = stats.distribution(Counter(values))
+    array = np.array(values)
+    assert dist == {
+        "count": len(values),
+        "sum": int(array.sum()),
+        "mean": pytest.approx(array.mean()),
+        "min": int(array.min()),
+        **nearest_rank(array),
+        "max": int(array.max()),
+    }
+
+
+def test_every_number_matches_a_direct_recomputation():
+    table = shard_schema.to_table(synthetic_rows(1, 60))
+    result = whole(table, manifest_for({"web": table}))
+    group = result["overall"]
+    assert result["sources"]["web"]["rows"] == group["rows"] == table.num_rows
+
+    for name, column in (
+        ("text", "num_text_tokens"),
+        ("image", "num_image_tokens"),
+        ("loss", "num_loss_tokens"),
+    ):
+        values = table.column(column).to_numpy()
+        assert group["tokens"][name]["sum"] == values.sum()
+        assert {k: group["tokens"][name][k] for k in ("p50", "p90", "p99")} == nearest_rank(values)
+    seq_len = table.column("seq_len").to_numpy()
+    assert group["tokens"]["total"]["max"] == seq_len.max()
+    assert sum(group["seq_len"]["histogram"]["counts"]) == table.num_rows
+    expected_bins = np.histogram(seq_len, bins=group["seq_len"]["histogram"]["bin_edges"])[0]
+    assert group["seq_len"]["histogram"]["counts"] == expected_bins.tolist()
+    assert group["truncated"] == sum(table.column("truncated").to_pylist())
+    assert group["samples"] == sum(p <= 1 for p in table.column("part").to_pylist())
+
+    rows = table.to_pylist()
+    images = [
+        (image, grid, len(row["images"]))
+        for row in rows
+        for image, grid in zip(row["images"], row["images_spatial_crop"], strict=True)
+    ]
+    found = group["images"]
+    assert (
+        found["count"] == len(images) == sum(found["per_sequence"][k] * int(k) for k in found["per_sequence"])
+    )
+    assert sum(found["per_sequence"].values()) == table.num_rows
+    assert found["grids"] == dict(sorted(Counter(f"{g[0]}x{g[1]}" for _, g, _ in images).items()))
+    assert found["no_tiling"] == sum(n > 2 for _, _, n in images)
+    assert found["tokens_per_image"]["sum"] == group["tokens"]["image"]["sum"]
+    assert sum(map(sum, found["size_histogram"]["counts"])) == len(images)
+    assert sum(found["aspect_ratio"]["counts"]) == len(images)
+    padding = canvas = 0
+    waste_bins = Counter()
+    for image, grid, _ in images:
+        box = (grid[0] * SHAPE.image_size, grid[1] * SHAPE.image_size)
+        fit = tiling.contain_size((image["width_px"], image["height_px"]), box)
+        padding += box[0] * box[1] - fit[0] * fit[1]
+        canvas += box[0] * box[1]
+        waste_bins[(box[0] * box[1] - fit[0] * fit[1]) * 100 // (box[0] * box[1])] += 1
+    assert found["padding_waste"]["share"] == padding / canvas
+    assert found["padding_waste"]["histogram"]["counts"] == [waste_bins[i] for i in range(100)]
+
+    boxes = [len(region["boxes"]) for row in rows for region in row["regions"]]
+    grounding = group["grounding"]
+    assert grounding["boxes"] == sum(boxes) == sum(grounding["box_area_share"]["counts"])
+    assert sum(grounding["refs_per_sequence"].values()) == table.num_rows
+    assert grounding["sequences_with_regions"] == sum(bool(row["regions"]) for row in rows)
+
+    ids = np.concatenate([np.array(row["input_ids"]) for row in rows])
+    ordinary = ids[~np.isin(ids, CONTEXT.special_ids)]
+    text = group["text"]
+    assert text["tokens"] == ordinary.size
+    assert text["byte_fallback_share"] == np.isin(ordinary, BYTE_IDS).sum() / ordinary.size
+    counted = Counter(ordinary.tolist())
+    assert [t["count"] for t in text["top_tokens"]] == sorted(counted.values(), reverse=True)[:20]
+    sampled = [row for i, row in enumerate(rows) if i % 16 == 0]
+    assert text["chars_sample"]["rows"] == len(sampled) and text["chars_per_token"] == 1.0
+
+    kinds = Counter(table.column("kind").to_pylist())
+    assert {k: g["rows"] for k, g in result["kinds"].items()} == kinds
+    mixture = result["mixture"]
+    assert mixture["vl_tokens"] == sum(r["seq_len"] for r in rows if r["images"])
+    assert mixture["text_only_tokens"] == sum(r["seq_len"] for r in rows if not r["images"])
+    assert result["shards"]["bytes"]["sum"] == 100 and result["shards"]["count"] == 1
+
+
+@given(st.lists(st.integers(0, 59), max_size=6, unique=True), st.randoms(use_true_random=False))
+def test_merging_in_any_order_gives_the_same_result(cuts, random):
+    table = shard_schema.to_table(synthetic_rows(2, 60) + synthetic_rows(3, 20, source="other"))
+    rejects = reject_schema.to_table(
+        [
+            reject_schema.reject("web", f"r{i}", "sample", ("empty_text", "bad_text")[i % 2], "d")
+            for i in range(9)
+        ]
+    )
+    manifest = manifest_for({"web": table}, rejects)
+    expected = whole(table, manifest, rejects)
+    bounds = [0, *sorted(cuts), table.num_rows]
+    partials = [
+        stats.shard_partial(table.slice(a, b - a), CONTEXT, lambda ids: "x" * len(ids), a)
+        for a, b in itertools.pairwise(bounds)
+    ]
+    partials += [stats.reject_partial(rejects.slice(0, 4)), stats.reject_partial(rejects.slice(4))]
+    random.shuffle(partials)
+    while len(partials) > 1:  # merge random neighbours: any tree shape, any order
+        i = random.randrange(len(partials) - 1)
+        first, second = partials[i], partials[i + 1]
+        partials[i : i + 2] = [
+            stats.merge(second, first) if random.random() < 0.5 else stats.merge(first, second)
+        ]
+    assert stats.finalize(partials[0], CONTEXT, manifest) == expected
+
+
+def test_packed_rows_count_documents():
+    rows = [row for row in synthetic_rows(4, 12) if row["seq_len"] <= 4096]
+    for row in rows:
+        row["input_ids"] = np.array(row["input_ids"], dtype=np.int32)
+        row["labels"] = np.array(row["labels"], dtype=np.int32)
+    packer = packing.Packer(4096, SPECIAL.pad)
+    packed = [made for row in rows for made in packer.add(row)] + packer.flush()
+    table = shard_schema.to_table(packed)
+    result = whole(table, manifest_for({"packed": table}))
+    group = result["overall"]
+    assert group["packing"]["documents"] == packer.stats.documents == len(rows)
+    assert group["packing"]["efficiency"] == pytest.approx(packer.stats.efficiency)
+    assert group["samples"] == sum(row["part"] <= 1 for row in rows)
+    assert group["images"]["per_sequence"] == {
+        str(k): v for k, v in sorted(Counter(len(row["images"]) for row in rows).items())
+    }
+    assert group["images"]["no_tiling"] == sum(len(r["images"]) for r in rows if len(r["images"]) > 2)
+    assert result["mixture"]["per_source"]["web"]["tokens"] == sum(row["seq_len"] for row in rows)
+    assert list(result["sources"]) == ["packed"]
+
+
+def test_empty_and_all_rejected_sources_give_a_valid_result():
+    rejects = reject_schema.to_table(
+        [
+            reject_schema.reject("broken", "b", "read", "malformed_record", "d"),
+            reject_schema.reject("broken", "a", "read", "malformed_record", "d"),
+        ]
+    )
+    manifest = manifest_for({}, rejects)
+    manifest["sources"]["empty"] = {"read": 0, "written": 0}
+    result = stats.finalize(stats.reject_partial(rejects), CONTEXT, manifest)
+    assert result["sources"]["broken"]["rejected"] == 2 and result["sources"]["broken"]["rows"] == 0
+    assert result["rejects"]["by_reason"] == {"malformed_record": {"count": 2, "example_key": "a"}}
+    assert result["sources"]["empty"]["tokens"]["total"] == stats.distribution(Counter())
+    assert result["overall"]["tokens"]["image_share"] is None
+    assert result["mixture"]["vl_to_text_only"] is None
