@@ -77,7 +77,7 @@ def write_config(folder: Path, corpus: Path, cpus: int) -> Path:
     config.write_text(
         "model_shape: tiny\n"
         f"sources:\n  - {{name: captions, format: parquet, path: {corpus}}}\n"
-        f"output: {{dir: {folder / f'out-{cpus}'}}}\n"
+        f"output: {{dir: {folder / f'out-{cpus}'}, stats: false}}\n"
         f"ray: {{num_cpus: {cpus}}}\n"
     )
     return config

@@ -67,13 +67,14 @@ REFERENCE: list[tuple[str, str, str]] = [
     ("output.dir", "(required)", "the output folder (path relative to the config file, or a URI)"),
     ("output.shard_target_bytes", "256MiB", "target size of a shard file (bytes, or 64MiB, 1GB, ...)"),
     ("output.compression", "zstd", "Parquet compression: " + ", ".join(COMPRESSIONS)),
+    ("output.stats", "true", "write OUT/stats/ (stats.json, report.html, report.md) at the end of the job"),
     ("ray.address", "null", "null: an embedded local Ray (or RAY_ADDRESS when set); auto or an address"),
     ("ray.num_cpus", "null", "CPUs of the embedded local Ray (null: all of this machine's)"),
 ]
 
 _SECTIONS: dict[str, tuple[str, ...]] = {
     "sequence": ("max_seq_len", "overflow", "packing", "embed_images"),
-    "output": ("dir", "shard_target_bytes", "compression"),
+    "output": ("dir", "shard_target_bytes", "compression", "stats"),
     "ray": ("address", "num_cpus"),
 }
 _TOP_KEYS = ("model_shape", "tokenizer", "sources", *_SECTIONS)
@@ -94,6 +95,7 @@ class JobConfig:
     output_dir: str
     shard_target_bytes: int
     compression: str
+    write_stats: bool
     ray_address: str | None
     ray_num_cpus: int | None
 
@@ -198,6 +200,7 @@ def parse_config(raw: object, base_dir: str | os.PathLike[str]) -> JobConfig:
         output_dir=_resolve(output["dir"], base),
         shard_target_bytes=target,
         compression=compression,
+        write_stats=_bool(output, "stats", "output", True),
         ray_address=address,
         ray_num_cpus=_optional_int(ray_section, "num_cpus", "ray", minimum=1),
     )

@@ -138,7 +138,7 @@ def run(config: JobConfig, overwrite: bool = False, out_stream: Any = None) -> i
     _print_summary(manifest, time.perf_counter() - started, out_stream)
     from jobs import stats  # imports matplotlib: only once the shards are committed
 
-    if not out.exists(stats.STATS_FILE):
+    if config.write_stats and not out.exists(stats.STATS_FILE):
         return stats.run(
             config.output_dir,
             tokenizer_path=config.tokenizer_path,

@@ -89,6 +89,7 @@ def edit(path: str, value):
         ("output", KeyError, "output.dir: required"),
         ("output.shard_target_bytes", "lots", "output.shard_target_bytes"),
         ("output.compression", "rar", "output.compression"),
+        ("output.stats", "sometimes", "output.stats"),
         ("ray.address", 5, "ray.address"),
         ("ray.num_cpus", 0, "ray.num_cpus"),
     ],
