@@ -120,7 +120,7 @@ def job_run(config_path: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=8, help="input files at 1× (one partition each)")
-    parser.add_argument("--per-file", type=int, default=64, help="captioned images per file")
+    parser.add_argument("--per-file", type=int, default=256, help="captioned images per file")
     args = parser.parse_args()
 
     rows = []
