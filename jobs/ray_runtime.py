@@ -3,21 +3,12 @@
 With no address in the config and no `RAY_ADDRESS` in the environment (which `ray job submit` sets),
 the job starts a local Ray that listens only on 127.0.0.1 and runs no dashboard: an exposed Ray port
 runs arbitrary code for whoever reaches it. `ray.address: auto` or an address joins a running cluster.
+The environment Ray needs for that is set when the `jobs` package is imported (see `jobs/__init__.py`).
 """
 
 from __future__ import annotations
 
 import os
-
-# Ray reads these when it is imported: import this module before `ray`. No auth-token warning on every
-# start, a loopback-only local node (without the second one Ray binds the machine's network address even
-# when told 127.0.0.1), no usage stats.
-for _key, _value in {
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_USAGE_STATS_ENABLED": "0",
-}.items():
-    os.environ.setdefault(_key, _value)
 
 
 def start_ray(

@@ -184,3 +184,17 @@ def test_killed_job_resumes_exactly_once(ray_session, tmp_path):
         print((tmp_path / "crashed" / "out" / "manifest.json").read_text())
         print((tmp_path / "clean" / "out" / "manifest.json").read_text())
     assert resumed == reference
+
+
+def test_embedded_ray_listens_on_loopback_only():
+    """The job's own `import ray` (after `jobs` is imported) starts a node bound to 127.0.0.1."""
+    script = (
+        "import jobs.pretokenize, ray; from jobs.ray_runtime import start_ray; start_ray(num_cpus=1); "
+        "print(ray.util.get_node_ip_address())"
+    )
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert result.stdout.strip().splitlines()[-1] == "127.0.0.1"
