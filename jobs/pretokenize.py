@@ -106,8 +106,8 @@ def run(config: JobConfig, overwrite: bool = False, out_stream: Any = None) -> i
         manifest = out.read_json(shards.MANIFEST)
         if manifest.get("config_sha256") == identity:
             out.delete(STAGING)  # left over only if a run stopped right after committing
-            print(f"{config.output_dir}: complete (manifest.json present); nothing to do.", file=out_stream)
-            return 0
+            print(f"{config.output_dir}: complete (manifest.json present).", file=out_stream)
+            return _write_stats(config, out, out_stream)
         print(
             f"{config.output_dir} already holds the output of another config; "
             "rerun with --overwrite to replace it.",
@@ -136,17 +136,23 @@ def run(config: JobConfig, overwrite: bool = False, out_stream: Any = None) -> i
     manifest = _commit(config, out, partitions, identity)
     out.delete(STAGING)
     _print_summary(manifest, time.perf_counter() - started, out_stream)
+    return _write_stats(config, out, out_stream)
+
+
+def _write_stats(config: JobConfig, out: shards.OutputDir, out_stream: Any) -> int:
+    """The statistics report of a committed output, unless switched off or already there (a run stopped
+    between the manifest and the report gets it on its rerun; existing reports are never rewritten)."""
     from jobs import stats  # imports matplotlib: only once the shards are committed
 
-    if config.write_stats and not out.exists(stats.STATS_FILE):
-        return stats.run(
-            config.output_dir,
-            tokenizer_path=config.tokenizer_path,
-            ray_address=config.ray_address,
-            num_cpus=config.ray_num_cpus,
-            out_stream=out_stream,
-        )
-    return 0
+    if not config.write_stats or out.exists(stats.STATS_FILE):
+        return 0
+    return stats.run(
+        config.output_dir,
+        tokenizer_path=config.tokenizer_path,
+        ray_address=config.ray_address,
+        num_cpus=config.ray_num_cpus,
+        out_stream=out_stream,
+    )
 
 
 # ------------------------------------------------------------------------------------------------

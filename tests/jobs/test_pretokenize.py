@@ -86,6 +86,12 @@ def test_example_corpus_end_to_end(ray_session, tmp_path):
     code, printed = run_job(config_path)
     assert code == 0 and "complete" in printed
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    # A run stopped between the manifest and the statistics gets them on its rerun, and only them.
+    report = (out / "stats" / "stats.json").read_bytes()
+    shutil.rmtree(out / "stats")
+    assert run_job(config_path)[0] == 0
+    assert (out / "stats" / "stats.json").read_bytes() == report
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items() if "stats" not in p.parts)
 
     # Another config on the same output needs --overwrite; with packing, every row is max_seq_len long.
     changed = config_path.read_text().replace("packing: false", "packing: true").replace("4096", "1024")
