@@ -20,6 +20,7 @@ install: $(INSTALLED)
 demo: install
 	$(BIN)/vl2prep tile
 	$(BIN)/vl2prep pretokenize jobs/examples/pretokenize.yaml --overwrite
+	$(BIN)/vl2prep validate out/example
 
 test: install lint
 	$(BIN)/python -m pytest

@@ -9,6 +9,9 @@ Subcommands:
 - `vl2prep inspect OUT [--row N | --sample-id ID]`: print one row for a person (`pipeline.inspect_rows`).
 - `vl2prep stats OUT [--report-dir DIR]`: statistics of a finished output as a Ray job (`jobs.stats`):
   `stats.json`, `report.html` and `report.md` in `OUT/stats/` or DIR.
+- `vl2prep validate OUT [--shape S | --weights DIR] [--samples N] [--report-dir DIR] [--batch-size B]`:
+  forward passes over a finished output on Ray actors (`jobs.validate`): `validation.json`, exit 1 listing
+  the failing sample ids.
 - `vl2prep train-tokenizer --input FILES --vocab-size N --out PATH`: train a sentencepiece BPE tokenizer
   (byte fallback, no dummy prefix, ids 0-3 bos/eos/pad/unk) from text files, reproducibly.
 """
@@ -143,6 +146,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--tokenizer", default=None, metavar="PATH", help="the tokenizer file, when the config's is relative"
     )
     stats.set_defaults(run=_run_stats)
+
+    validate = commands.add_parser(
+        "validate",
+        help="forward passes over a finished output: layouts, finite logits and losses, expert load",
+        description="Run the output's rows through a DeepSeek-VL2 model in batches on Ray actors (a GPU each "
+        "when the cluster has GPUs) and check per sample that the visual embeddings match the image tokens "
+        "and their stored spans, images_spatial_crop matches the layout, logits and loss are finite and "
+        "something is trained on; report expert load per MoE layer. Writes validation.json to OUT/stats/ "
+        "(or --report-dir) and exits 1 listing the failing sample ids. Default model: a small seeded "
+        "random-weight model with the output's vocabulary, special ids and image layout.",
+    )
+    validate.add_argument("out", help="the output folder (holding manifest.json): a path or a URI")
+    model = validate.add_mutually_exclusive_group()
+    model.add_argument(
+        "--shape",
+        default=None,
+        help="tiny | small | base | toy | CONFIG.json, random weights; must keep the output's vocabulary, "
+        "special ids and image layout",
+    )
+    model.add_argument(
+        "--weights", default=None, metavar="DIR", help="an official checkpoint folder: real per-sample losses"
+    )
+    validate.add_argument("--samples", type=int, default=None, metavar="N", help="N rows (default: all)")
+    validate.add_argument("--report-dir", default=None, metavar="DIR", help="write the files here instead")
+    validate.add_argument("--batch-size", type=int, default=2, metavar="B", help="rows per batch (default 2)")
+    validate.set_defaults(run=_run_validate)
 
     args = parser.parse_args(argv)
     return args.run(args, parser)
@@ -322,6 +351,23 @@ def _run_stats(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from jobs import stats
 
     return stats.run(args.out, report_dir=args.report_dir, tokenizer_path=args.tokenizer)
+
+
+def _run_validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from jobs import validate
+
+    if args.samples is not None and args.samples < 1:
+        parser.error("--samples must be at least 1")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    return validate.run(
+        args.out,
+        shape=args.shape,
+        weights=args.weights,
+        samples=args.samples,
+        report_dir=args.report_dir,
+        batch_size=args.batch_size,
+    )
 
 
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

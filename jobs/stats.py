@@ -27,6 +27,8 @@ __all__ = ["STATS_DIR", "STATS_FILE", "file_partial", "run"]
 
 STATS_DIR = "stats"
 STATS_FILE = f"{STATS_DIR}/stats.json"
+VALIDATION_FILE = "validation.json"
+"""Written by `jobs.validate` beside stats.json; its results become a section of the report."""
 BATCH_ROWS = 1024
 _BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
@@ -74,8 +76,10 @@ def run(
 
     target = shards.OutputDir(report_dir) if report_dir else shards.OutputDir(out.path(STATS_DIR))
     target.write_json("stats.json", result)
-    target.write_bytes("report.html", report.html(result).encode())
-    target.write_bytes("report.md", report.markdown(result).encode())
+    # A validation run (jobs.validate) keeps its section in a report made again afterwards.
+    validation = target.read_json(VALIDATION_FILE) if target.exists(VALIDATION_FILE) else None
+    target.write_bytes("report.html", report.html(result, validation).encode())
+    target.write_bytes("report.md", report.markdown(result, validation).encode())
     print(
         f"stats: {len(files)} files → {target.location}/{{stats.json, report.html, report.md}}",
         file=out_stream,

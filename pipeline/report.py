@@ -235,8 +235,8 @@ def _token_rows(group: dict[str, Any]) -> list[list[Any]]:
     ]
 
 
-def html(stats: dict[str, Any]) -> str:
-    """The self-contained HTML report."""
+def html(stats: dict[str, Any], validation: dict[str, Any] | None = None) -> str:
+    """The self-contained HTML report; with a `validation.json` dict, a forward-pass validation section."""
     overall = stats["overall"]
     output = stats["output"]
     mixture = stats["mixture"]
@@ -312,6 +312,8 @@ def html(stats: dict[str, Any]) -> str:
             f'<figure id="{name}"><img alt="{name}" src="data:image/png;base64,{encoded}">'
             f"<figcaption>{name}</figcaption></figure>"
         )
+    if validation is not None:
+        parts += _validation_html(validation)
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -322,8 +324,9 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def markdown(stats: dict[str, Any]) -> str:
-    """A short Markdown summary: sources, rejects, overall tokens and the headline image/text numbers."""
+def markdown(stats: dict[str, Any], validation: dict[str, Any] | None = None) -> str:
+    """A short Markdown summary: sources, rejects, overall tokens and the headline image/text numbers, and
+    with a `validation.json` dict the forward-pass validation's headline."""
     overall = stats["overall"]
     images = overall["images"]
     reasons = ", ".join(f"{r} {v['count']}" for r, v in stats["rejects"]["by_reason"].items()) or "none"
@@ -340,7 +343,46 @@ def markdown(stats: dict[str, Any]) -> str:
                 f"{_percent(overall['text']['byte_fallback_share'])}; characters per token "
                 f"{_fmt(overall['text']['chars_per_token'])}. VL / text-only tokens "
                 f"{_fmt(stats['mixture']['vl_to_text_only'])}. Shards: {stats['shards']['count']}.",
+                *([_validation_markdown(validation)] if validation is not None else []),
             ]
         )
         + "\n"
+    )
+
+
+def _validation_rows(validation: dict[str, Any]) -> list[list[Any]]:
+    return [[name, c["passed"], c["failed"]] for name, c in validation["checks"].items()]
+
+
+def _validation_html(validation: dict[str, Any]) -> list[str]:
+    """The forward-pass validation section (`validation.json`): checks, failures, losses, expert load."""
+    samples, loss = validation["samples"], validation["loss"]
+    return [
+        '<h2 id="validation">Forward-pass validation</h2>',
+        f"<p>{samples['validated']} samples through model <b>{_esc(validation['model']['shape'])}</b> "
+        f"(weights {_esc(validation['model']['weights'] or 'random')}): {samples['failed']} failed. "
+        f"Per-sample loss mean {_fmt(loss['mean'])}, max {_fmt(loss['max'])}.</p>",
+        _table(("check", "passed", "failed"), _validation_rows(validation)),
+        _table(
+            ("sample_id", "check", "what"),
+            [[f["sample_id"], f["check"], f["message"]] for f in validation["failures"]],
+        ),
+        _table(("sample_id", "loss"), [[h["sample_id"], h["loss"]] for h in validation["highest_loss"]]),
+        _table(
+            ("MoE layer", "routed tokens", "imbalance (max/mean)", "tokens per expert"),
+            [
+                [layer, e["assignments"], e["imbalance"], " ".join(map(str, e["tokens_per_expert"]))]
+                for layer, e in validation["expert_load"].items()
+            ],
+        ),
+    ]
+
+
+def _validation_markdown(validation: dict[str, Any]) -> str:
+    samples = validation["samples"]
+    failed = ", ".join(validation["failed_sample_ids"]) or "none"
+    return (
+        f"Forward-pass validation ({_esc(validation['model']['shape'])}): {samples['validated']} samples, "
+        f"{samples['failed']} failed ({failed}).\n\n"
+        + _md_table(("check", "passed", "failed"), _validation_rows(validation))
     )

@@ -1,11 +1,13 @@
-"""Shared helpers for the verify, inspect and loader tests: toy sample rows and small outputs written
-without Ray (not a test module)."""
+"""Shared helpers for the verify, inspect, loader and validate tests: toy sample rows, small outputs written
+without Ray, and a consistent rewrite of one row (not a test module)."""
 
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from PIL import Image
 
 import model_shapes
@@ -96,3 +98,34 @@ def write_output(folder: Path, rows: dict[str, list[dict]], rejects: list[dict] 
         },
     )
     return folder
+
+
+def small_output(folder: Path) -> Path:
+    captions = [
+        row_of("pics", f"p{i}", "caption", [image(0), text(f"Picture number {i}.")], [png(200 + i, 150)])
+        for i in range(3)
+    ]
+    chats = [row_of("chat", f"c{i}", "text", [text(f"Plain document {i} here.")]) for i in range(5)]
+    rejected = [reject_schema.reject("chat", "c9", "sample", "empty_text", "empty")]
+    return write_output(folder, {"pics": captions, "chat": chats}, rejected)
+
+
+# ----------------------------------------------------------------------------------------------------
+# one row
+
+
+def rewrite_row(out: Path, relative: str, index: int, change) -> str:
+    """Rewrite one row of a shard and fix its manifest entry, so that only the row's invariants can tell."""
+    table = pq.read_table(out / relative)
+    rows = table.to_pylist()
+    change(rows[index])
+    pq.write_table(shard.to_table(rows), out / relative)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for entry in manifest["shards"]:
+        if entry["path"] == relative:
+            entry["bytes"], entry["sha256"] = (
+                (out / relative).stat().st_size,
+                tokenizer.file_sha256(out / relative),
+            )
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return rows[index]["sample_id"]

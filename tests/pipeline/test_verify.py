@@ -3,30 +3,22 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
-from shard_support import EXPECTED, IMG, TOY, image, png, row_of, text, write_output
+from shard_support import (
+    EXPECTED,
+    IMG,
+    TOY,
+    image,
+    png,
+    rewrite_row,
+    row_of,
+    small_output,
+    text,
+)
 
-from pipeline import tokenizer, verify
+from pipeline import verify
 from pipeline.packing import pack_rows
-from schemas import reject as reject_schema
-from schemas import shard
-
-
-def small_output(folder: Path) -> Path:
-    captions = [
-        row_of("pics", f"p{i}", "caption", [image(0), text(f"Picture number {i}.")], [png(200 + i, 150)])
-        for i in range(3)
-    ]
-    chats = [row_of("chat", f"c{i}", "text", [text(f"Plain document {i} here.")]) for i in range(5)]
-    rejected = [reject_schema.reject("chat", "c9", "sample", "empty_text", "empty")]
-    return write_output(folder, {"pics": captions, "chat": chats}, rejected)
-
-
-# ----------------------------------------------------------------------------------------------------
-# one row
 
 
 def caption_row() -> dict:
@@ -100,23 +92,6 @@ def test_a_clean_output_verifies(tmp_path):
     report = verify.verify(str(small_output(tmp_path)))
     assert report.ok, [str(p) for p in report.problems]
     assert (report.shard_files, report.shard_rows, report.reject_files, report.reject_rows) == (2, 8, 1, 1)
-
-
-def rewrite_row(out: Path, relative: str, index: int, change) -> str:
-    """Rewrite one row of a shard and fix its manifest entry, so that only the row's invariants can tell."""
-    table = pq.read_table(out / relative)
-    rows = table.to_pylist()
-    change(rows[index])
-    pq.write_table(shard.to_table(rows), out / relative)
-    manifest = json.loads((out / "manifest.json").read_text())
-    for entry in manifest["shards"]:
-        if entry["path"] == relative:
-            entry["bytes"], entry["sha256"] = (
-                (out / relative).stat().st_size,
-                tokenizer.file_sha256(out / relative),
-            )
-    (out / "manifest.json").write_text(json.dumps(manifest))
-    return rows[index]["sample_id"]
 
 
 def test_an_edited_row_with_a_consistent_checksum_is_named(tmp_path):

@@ -1,0 +1,198 @@
+"""The validation job: forward passes over a finished output's rows on Ray actors (`pipeline.validate`).
+
+The driver reads the manifest, settles the model before any work (`--shape` or the config of `--weights` must
+keep the output's vocabulary, special ids and image layouts; by default a small seeded random-weight model
+derived from the output's own shape, `pipeline.validate.small_shape`), picks the rows (all, or `samples` of
+them drawn with a fixed seed) and cuts them into batches within one shard file. A pool of actors, one GPU each
+when the cluster has GPUs, else CPU actors that never take every CPU, each builds the model once and validates
+batches; the driver merges the results as they arrive and writes `validation.json` to `OUT/stats/` (or to
+`report_dir`), then, when `stats.json` lies there too, rewrites the stats report with its validation section.
+The exit code is 1, with the failing sample ids listed, when any check fails.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+import model_shapes
+from jobs.ray_runtime import pool_resources, start_ray
+from jobs.stats import VALIDATION_FILE
+from pipeline import report, shards, verify
+from pipeline import validate as checks
+
+__all__ = ["VALIDATION_FILE", "ValidationActor", "read_rows", "run"]
+
+SEED = 0
+DEFAULT_BATCH = 2
+
+
+def run(
+    location: str,
+    shape: str | None = None,
+    weights: str | None = None,
+    samples: int | None = None,
+    report_dir: str | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    ray_address: str | None = None,
+    num_cpus: int | None = None,
+    out_stream: Any = None,
+) -> int:
+    """Validate the output at `location`; returns the process exit code (2: nothing could run)."""
+    out_stream = out_stream or sys.stdout
+    started = time.perf_counter()
+    out = shards.OutputDir(location)
+    if not out.exists(shards.MANIFEST):
+        print(f"{location}: no manifest.json: not a finished output", file=sys.stderr)
+        return 2
+    manifest = out.read_json(shards.MANIFEST)
+    try:
+        output_shape = verify.shape_for(manifest)
+        model_shape = _model_shape(output_shape, shape, weights)
+    except (verify.VerifyError, model_shapes.ShapeError, checks.ValidateError, OSError) as error:
+        print(f"{location}: {error}", file=sys.stderr)
+        return 2
+    batches = _batches(manifest, samples, batch_size)
+    summary = _validate(location, batches, output_shape, model_shape, weights, ray_address, num_cpus)
+
+    result = {
+        "output": location,
+        "model": {
+            "shape": model_shape.name,
+            "fingerprint": model_shape.fingerprint(),
+            "weights": weights,
+            "seed": None if weights else SEED,
+        },
+        "requested_samples": samples,
+        "batch_size": batch_size,
+        **summary.to_json(with_losses=weights is not None),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    target = shards.OutputDir(report_dir) if report_dir else shards.OutputDir(out.path("stats"))
+    target.write_json(VALIDATION_FILE, result)
+    if target.exists("stats.json"):
+        stats = target.read_json("stats.json")
+        target.write_bytes("report.html", report.html(stats, result).encode())
+        target.write_bytes("report.md", report.markdown(stats, result).encode())
+    counts = result["samples"]
+    print(
+        f"validate: {counts['validated']} samples with {model_shape.name} in {result['seconds']} s, "
+        f"{counts['failed']} failed → {target.location}/{VALIDATION_FILE}",
+        file=out_stream,
+    )
+    if summary.failures:
+        for failure in sorted(summary.failures, key=lambda f: (f.sample_id, f.check)):
+            print(f"sample {failure.sample_id}: {failure.check}: {failure.message}", file=sys.stderr)
+        print(f"failing samples: {' '.join(summary.failed_sample_ids)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _model_shape(
+    output_shape: model_shapes.ModelShape, shape: str | None, weights: str | None
+) -> model_shapes.ModelShape:
+    """The validation model's shape, checked against the output's (special ids taken from the output's when
+    the model's shape has none)."""
+    if weights is not None:
+        config = json.loads((Path(weights) / "config.json").read_text(encoding="utf-8"))
+        chosen = model_shapes.from_official_config(config, name=Path(weights).name)
+    elif shape is not None:
+        chosen = model_shapes.load(shape)
+    else:
+        return checks.small_shape(output_shape)
+    checks.check_compatible(chosen, output_shape)
+    return chosen.with_special_tokens(output_shape.special_tokens)
+
+
+def _batches(manifest: dict[str, Any], samples: int | None, batch_size: int) -> list[tuple[str, list[int]]]:
+    """(shard path, row numbers in it) per batch: every row, or `samples` rows drawn with the fixed seed."""
+    counts = [entry["rows"] for entry in manifest["shards"]]
+    total = sum(counts)
+    chosen = np.arange(total)
+    if samples is not None and samples < total:
+        chosen = np.sort(np.random.default_rng(SEED).choice(total, size=samples, replace=False))
+    starts = np.cumsum([0, *counts])
+    batches = []
+    for index, entry in enumerate(manifest["shards"]):
+        rows = chosen[(chosen >= starts[index]) & (chosen < starts[index + 1])] - starts[index]
+        for first in range(0, len(rows), batch_size):
+            batches.append((entry["path"], rows[first : first + batch_size].tolist()))
+    return batches
+
+
+def read_rows(location: str, path: str, numbers: list[int]) -> list[dict[str, Any]]:
+    """Rows `numbers` (ascending) of one shard, reading only the row groups that hold them."""
+    out = shards.OutputDir(location)
+    rows = []
+    with out.fs.open_input_file(out.path(path)) as handle:
+        parquet = pq.ParquetFile(handle)
+        sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.metadata.num_row_groups)]
+        starts = np.cumsum([0, *sizes])
+        groups = np.searchsorted(starts, numbers, side="right") - 1
+        for group in sorted(set(groups.tolist())):
+            table = parquet.read_row_group(group)
+            for number in np.asarray(numbers)[groups == group]:
+                rows.append(table.slice(int(number - starts[group]), 1).to_pylist()[0])
+    return rows
+
+
+class ValidationActor:
+    """Holds one model (built once) and validates batches of rows with it."""
+
+    def __init__(
+        self, output_shape: model_shapes.ModelShape, model_shape: model_shapes.ModelShape, weights: str | None
+    ) -> None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if weights is not None:
+            dtype = torch.bfloat16 if device == "cuda" else torch.float32
+            model = model_shapes.from_pretrained(weights, device=device, dtype=dtype)
+        else:
+            torch.manual_seed(SEED)
+            model = model_shapes.build_model(model_shape, device=device)
+        self.validator = checks.Validator(model, output_shape)
+
+    def validate(self, location: str, path: str, numbers: list[int]) -> checks.BatchResult:
+        return self.validator(read_rows(location, path, numbers))
+
+
+def _validate(
+    location: str,
+    batches: list[tuple[str, list[int]]],
+    output_shape: model_shapes.ModelShape,
+    model_shape: model_shapes.ModelShape,
+    weights: str | None,
+    ray_address: str | None,
+    num_cpus: int | None,
+) -> checks.Summary:
+    """Run the batches on a pool of actors; results are merged as they finish."""
+    import ray  # after jobs.ray_runtime (imported above), which sets Ray's environment
+    from ray.util import ActorPool
+
+    summary = checks.Summary()
+    if not batches:
+        return summary
+    start_ray(ray_address, num_cpus)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    most, cpus = pool_resources()
+    if gpus:
+        options: dict[str, Any] = {"num_gpus": 1, "num_cpus": min(cpus, 1.0)}
+        size = min(gpus, len(batches))
+    else:
+        options = {"num_cpus": cpus}
+        size = min(most, len(batches))
+    actor = ray.remote(ValidationActor).options(**options)
+    actors = [actor.remote(output_shape, model_shape, weights) for _ in range(size)]
+    pool = ActorPool(actors)
+    for result in pool.map_unordered(lambda a, batch: a.validate.remote(location, *batch), batches):
+        summary.add(result)
+    for handle in actors:
+        ray.kill(handle)
+    return summary

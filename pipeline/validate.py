@@ -1,0 +1,357 @@
+"""Forward-pass validation of shard rows: the per-sample checks, the small validation model, expert load.
+
+`Validator(model, shape)` takes a batch of shard rows, builds the official batch with the training reader's
+`collate`, runs the model and checks every sample:
+
+- `reader`: the reader can build the sample (its stored images tile to their stored grids);
+- `visual_tokens`: the visual embeddings the model produces for the sample's grids are as many as the
+  row's `<image>` tokens and as `pipeline.layout` counts, and `images_seq_mask` is True exactly on the spans
+  the row's `image_token_offsets` give;
+- `spatial_crop`: `images_spatial_crop` holds the row's grids in order (then zero rows), each one a canvas of
+  the shape's candidate resolutions;
+- `loss_tokens`: at least one position is trained on;
+- `finite`: logits and the sample's loss are finite at its real tokens (`attention_mask == 1`; the pad
+  positions of left-padded rows are arbitrary in the official math);
+- `forward`: the model accepts the sample.
+
+A batch the reader or the model refuses (one sample with an extra `<image>` token makes
+`prepare_inputs_embeds` raise for all) is redone one sample at a time, so the failing sample is named and the
+others are still validated. Forward hooks on every MoE router count the experts each real token is sent to.
+`Summary` merges `BatchResult`s and `Summary.to_json` gives `validation.json`'s content.
+
+`small_shape(shape)` is the random-weight model for any output: the `toy` shape's widths, depths and experts
+with everything the data depends on (vocabulary, special token ids, image size, patch, downsampling, tiling)
+taken from the output's shape. `check_compatible` refuses a model whose ids or layouts would not mean what the
+rows mean.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import model_shapes
+from model_shapes import ModelShape
+from model_shapes.adaptor import visual_token_index
+from model_shapes.masks import document_ids
+from model_shapes.moe import Router
+from pipeline import layout
+from pipeline.loader import collate
+from schemas.shard import IGNORE_INDEX
+
+__all__ = [
+    "CHECKS",
+    "BatchResult",
+    "Failure",
+    "Summary",
+    "ValidateError",
+    "Validator",
+    "check_compatible",
+    "small_shape",
+]
+
+CHECKS = ("reader", "visual_tokens", "spatial_crop", "loss_tokens", "finite", "forward")
+HIGHEST_LOSSES = 20
+_LAYER = re.compile(r"\blayers\.(\d+)\.")
+
+
+class ValidateError(ValueError):
+    """A model that cannot validate this output (other vocabulary, special ids or image layouts)."""
+
+
+def small_shape(shape: ModelShape) -> ModelShape:
+    """A small model for the rows of `shape`: toy widths, depths and experts; `shape`'s vocabulary, special
+    ids, image size, patch, projector (downsampling), candidate resolutions, normalisation and length."""
+    toy = model_shapes.load("toy")
+    vision = dataclasses.replace(
+        toy.vision, image_size=shape.vision.image_size, patch_size=shape.vision.patch_size
+    )
+    projector = dataclasses.replace(shape.projector, input_dim=vision.width, n_embed=toy.language.hidden_size)
+    language = dataclasses.replace(
+        toy.language,
+        vocab_size=shape.language.vocab_size,
+        max_position_embeddings=max(toy.language.max_position_embeddings, shape.max_seq_len),
+    )
+    return dataclasses.replace(
+        shape,
+        name=f"{shape.name}-small",
+        vision=vision,
+        projector=projector,
+        language=language,
+        description=f"random-weight validation model for outputs of shape {shape.name}",
+    )
+
+
+def check_compatible(model: ModelShape, output: ModelShape) -> None:
+    """Raise ValidateError when `model` would read the rows of an `output`-shaped output differently: another
+    vocabulary size, other special token ids (a shape without them takes the output's), or another image
+    size, patch, downsampling or tiling."""
+    problems = []
+    if model.language.vocab_size != output.language.vocab_size:
+        problems.append(
+            f"vocabulary size {model.language.vocab_size}, the output's is {output.language.vocab_size}"
+        )
+    if model.special_tokens is not None and model.special_tokens != output.special_tokens:
+        mine, theirs = model.special_tokens.as_dict(), output.special_tokens.as_dict()
+        differing = ", ".join(f"{k} {mine[k]} (output: {theirs[k]})" for k in mine if mine[k] != theirs[k])
+        problems.append(f"special token ids differ: {differing}")
+    layout_of = ("image_size", "patch_size", "downsample_ratio", "candidate_resolutions")
+    differing = [name for name in layout_of if getattr(model, name) != getattr(output, name)]
+    if differing:
+        problems.append(f"image layouts differ ({', '.join(differing)})")
+    if problems:
+        raise ValidateError(
+            f"model shape {model.name} does not fit this output (shape {output.name}): "
+            + "; ".join(problems)
+            + ". The rows' ids would mean other tokens or other image layouts."
+        )
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed check of one sample."""
+
+    sample_id: str
+    check: str
+    message: str
+
+
+@dataclass
+class BatchResult:
+    """What one batch gave: per-check pass/fail counts, failures, per-sample losses of the samples that ran,
+    and tokens per expert per MoE layer (layer index → counts)."""
+
+    passed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CHECKS, 0))
+    failures: list[Failure] = field(default_factory=list)
+    losses: dict[str, float] = field(default_factory=dict)
+    expert_tokens: dict[int, np.ndarray] = field(default_factory=dict)
+    samples: int = 0
+
+
+class _ExpertCounter:
+    """Forward hooks on every MoE router of a model, counting the experts chosen for the real tokens (those
+    where `mask` is True) while a mask is set."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.mask: torch.Tensor | None = None
+        self.counts: dict[int, np.ndarray] = {}
+        for name, module in model.named_modules():
+            if isinstance(module, Router):
+                layer = int(_LAYER.search(name).group(1))
+                module.register_forward_hook(self._hook(layer, module.weight.shape[0]))
+
+    def _hook(self, layer: int, experts: int):
+        def count(_module: nn.Module, _inputs: Any, output: tuple[torch.Tensor, torch.Tensor]) -> None:
+            if self.mask is None:  # a forward pass outside `Validator`
+                return
+            index = output[0][self.mask.reshape(-1).to(output[0].device)]
+            counts = torch.bincount(index.reshape(-1), minlength=experts).cpu().numpy()
+            self.counts[layer] = self.counts.get(layer, 0) + counts
+
+        return count
+
+    def take(self) -> dict[int, np.ndarray]:
+        counts, self.counts = self.counts, {}
+        return counts
+
+
+class Validator:
+    """Validates batches of shard rows (dicts as stored) with `model`, for rows made for `shape`."""
+
+    def __init__(self, model: model_shapes.DeepseekVL2, shape: ModelShape) -> None:
+        self.model = model.eval()
+        self.shape = shape
+        self.device = next(model.parameters()).device
+        self.experts = _ExpertCounter(model)
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> BatchResult:
+        result = BatchResult(samples=len(rows))
+        try:
+            self._run(rows, collate(rows, self.shape), result)
+        except ValueError:
+            for row in rows:  # the batch is refused as a whole: find the sample(s) to blame
+                self._run_alone(row, result)
+        return result
+
+    def _run_alone(self, row: Mapping[str, Any], result: BatchResult) -> None:
+        try:
+            batch = collate([row], self.shape)
+        except ValueError as error:
+            result.failures.append(Failure(row["sample_id"], "reader", str(error)))
+            return
+        try:
+            self._run([row], batch, result)
+        except ValueError as error:
+            problems = [*self._static_checks(row, batch, 0), ("forward", str(error))]
+            _record(result, row, problems, evaluated=[c for c in CHECKS if c != "finite"])
+
+    @torch.no_grad()
+    def _run(
+        self, rows: Sequence[Mapping[str, Any]], batch: Mapping[str, torch.Tensor], result: BatchResult
+    ) -> None:
+        """Check `rows` (collated as `batch`) into `result`; ValueError, with `result` untouched, when the
+        model refuses the batch."""
+        checks = [self._static_checks(row, batch, b) for b, row in enumerate(rows)]
+        self.experts.take()
+        self.experts.mask = batch["attention_mask"].bool()
+        inputs = {k: v.to(self.device) for k, v in batch.items() if k != "labels"}
+        try:
+            logits = self.model(**inputs).logits
+        finally:
+            self.experts.mask = None
+        for layer, counts in self.experts.take().items():
+            result.expert_tokens[layer] = result.expert_tokens.get(layer, 0) + counts
+        losses = _sample_losses(logits, batch)
+        for b, (row, problems) in enumerate(zip(rows, checks, strict=True)):
+            real = batch["attention_mask"][b].bool().to(logits.device)
+            loss = losses[b]
+            # A row sum is finite exactly when the row is (short of float32 overflow, itself a fault).
+            if not bool(torch.isfinite(logits[b].sum(dim=-1)[real]).all()):
+                problems.append(("finite", "non-finite logits at real tokens"))
+            elif loss is not None and not math.isfinite(loss):
+                problems.append(("finite", f"non-finite loss {loss}"))
+            elif loss is not None:
+                result.losses[row["sample_id"]] = loss
+            _record(result, row, problems, evaluated=CHECKS)
+
+    def _static_checks(
+        self, row: Mapping[str, Any], batch: Mapping[str, torch.Tensor], b: int
+    ) -> list[tuple[str, str]]:
+        """(check, message) for each problem of sample `b` that the batch shows before the forward pass."""
+        problems: list[tuple[str, str]] = []
+        grids = [tuple(grid) for grid in row["images_spatial_crop"]]
+        size = self.shape.vision.image_size
+        crop = batch["images_spatial_crop"][b].tolist()
+        if crop[: len(grids)] != [list(g) for g in grids] or any(w or h for w, h in crop[len(grids) :]):
+            problems.append(("spatial_crop", f"images_spatial_crop {crop} but the row's grids are {grids}"))
+        canvases = set(self.shape.candidate_resolutions)
+        bad = [g for g in grids if g != (1, 1) and (g[0] * size, g[1] * size) not in canvases]
+        if bad:
+            problems.append(("spatial_crop", f"grids {bad} are not canvases of the candidate resolutions"))
+            return problems
+
+        produced = sum(len(visual_token_index(w, h, self.model.tokens_per_side)) for w, h in grids)
+        counts = [layout.image_token_count(g, self.shape) for g in grids]
+        mask = batch["images_seq_mask"][b]
+        found = (mask.nonzero().flatten() - (len(mask) - len(row["input_ids"]))).tolist()
+        spans = [p for o, n in zip(row["image_token_offsets"], counts, strict=True) for p in range(o, o + n)]
+        if not produced == len(found) == sum(counts) or found != spans:
+            where = "" if found == spans else ", not on the spans at image_token_offsets"
+            problems.append(
+                (
+                    "visual_tokens",
+                    f"the model makes {produced} visual embeddings for grids {grids} "
+                    f"(layout: {sum(counts)}), the row has {len(found)} <image> tokens{where}",
+                )
+            )
+        if _loss_targets(batch)[b].sum() == 0:
+            problems.append(("loss_tokens", "no position is trained on"))
+        return problems
+
+
+def _record(
+    result: BatchResult, row: Mapping[str, Any], problems: list[tuple[str, str]], evaluated: Sequence[str]
+) -> None:
+    """Count the `evaluated` checks `row` passed and keep its failures."""
+    failed = {check for check, _ in problems}
+    for check in evaluated:
+        if check not in failed:
+            result.passed[check] += 1
+    result.failures += [Failure(row["sample_id"], check, message) for check, message in problems]
+
+
+def _loss_targets(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """bool [B, L-1]: whether position i's logits are scored against labels[i + 1] (the official loss; in
+    packed rows never across a document boundary)."""
+    labels = batch["labels"]
+    targets = labels[:, 1:] != IGNORE_INDEX
+    if "cu_seqlens" in batch:
+        docs = document_ids(batch["cu_seqlens"], *labels.shape)
+        targets &= docs[:, 1:] == docs[:, :-1]
+    return targets
+
+
+def _sample_losses(logits: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> list[float | None]:
+    """Each sample's mean cross-entropy over its targets (None without targets)."""
+    scored = _loss_targets(batch).to(logits.device)
+    labels = batch["labels"][:, 1:].to(logits.device)
+    losses = []
+    for b in range(len(logits)):
+        if not scored[b].any():
+            losses.append(None)
+            continue
+        picked = logits[b, :-1][scored[b]]
+        losses.append(float(F.cross_entropy(picked.float(), labels[b][scored[b]])))
+    return losses
+
+
+@dataclass
+class Summary:
+    """Merged `BatchResult`s."""
+
+    samples: int = 0
+    passed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CHECKS, 0))
+    failures: list[Failure] = field(default_factory=list)
+    losses: dict[str, float] = field(default_factory=dict)
+    expert_tokens: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def add(self, result: BatchResult) -> None:
+        self.samples += result.samples
+        for check, count in result.passed.items():
+            self.passed[check] += count
+        self.failures += result.failures
+        self.losses.update(result.losses)
+        for layer, counts in result.expert_tokens.items():
+            self.expert_tokens[layer] = self.expert_tokens.get(layer, 0) + counts
+
+    @property
+    def failed_sample_ids(self) -> list[str]:
+        return sorted({failure.sample_id for failure in self.failures})
+
+    def to_json(self, with_losses: bool) -> dict[str, Any]:
+        """`validation.json`'s checks, failures, losses and expert load; `with_losses` (real weights) adds the
+        highest-loss samples."""
+        failed = dict.fromkeys(CHECKS, 0)
+        for _, check in {(f.sample_id, f.check) for f in self.failures}:
+            failed[check] += 1
+        values = np.array(sorted(self.losses.values()))
+        ranked = sorted(self.losses.items(), key=lambda item: (-item[1], item[0]))[:HIGHEST_LOSSES]
+        return {
+            "samples": {
+                "validated": self.samples,
+                "failed": len(self.failed_sample_ids),
+                "passed": self.samples - len(self.failed_sample_ids),
+            },
+            "checks": {check: {"passed": self.passed[check], "failed": failed[check]} for check in CHECKS},
+            "failed_sample_ids": self.failed_sample_ids,
+            "failures": [dataclasses.asdict(f) for f in sorted(self.failures, key=lambda f: f.sample_id)],
+            "loss": {
+                "count": int(values.size),
+                "mean": float(values.mean()) if values.size else None,
+                "min": float(values[0]) if values.size else None,
+                "p50": float(np.percentile(values, 50)) if values.size else None,
+                "max": float(values[-1]) if values.size else None,
+            },
+            "highest_loss": [{"sample_id": s, "loss": v} for s, v in ranked] if with_losses else [],
+            "expert_load": {
+                str(layer): _load(counts) for layer, counts in sorted(self.expert_tokens.items())
+            },
+        }
+
+
+def _load(counts: np.ndarray) -> dict[str, Any]:
+    mean = float(counts.mean())
+    return {
+        "assignments": int(counts.sum()),
+        "tokens_per_expert": counts.astype(int).tolist(),
+        "imbalance": float(counts.max()) / mean if mean else None,
+    }

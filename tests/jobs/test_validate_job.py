@@ -1,0 +1,53 @@
+"""The validation job through Ray and the CLI on a small toy output with two corrupted rows (their manifest
+checksums made consistent): both are named, the other rows validate; a model with other ids is refused."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipeline"))  # the shared test helpers
+from shard_support import IMG, rewrite_row, small_output
+
+from jobs import cli
+
+
+@pytest.fixture(scope="module")
+def corrupted(tmp_path_factory) -> tuple[Path, set[str]]:
+    out = small_output(tmp_path_factory.mktemp("validate"))
+
+    def one_more_image_token(row: dict) -> None:
+        row["input_ids"][row["image_token_offsets"][0] + row["num_image_tokens"]] = IMG
+
+    def wrong_grid(row: dict) -> None:
+        row["images_spatial_crop"] = [[2, 1]]
+
+    shard = "shards/pics/part-00000.parquet"
+    return out, {rewrite_row(out, shard, 1, one_more_image_token), rewrite_row(out, shard, 2, wrong_grid)}
+
+
+def test_corrupted_rows_are_named_by_the_job(ray_session, corrupted, capsys):
+    out, bad = corrupted
+    assert cli.main(["validate", str(out), "--batch-size", "4"]) == 1
+    printed = capsys.readouterr()
+    assert all(sample_id in printed.err.splitlines()[-1] for sample_id in bad)
+    result = json.loads((out / "stats" / "validation.json").read_text())
+    assert set(result["failed_sample_ids"]) == bad
+    assert result["samples"] == {"validated": 8, "failed": 2, "passed": 6}
+    assert result["checks"]["visual_tokens"]["failed"] == 1 and result["checks"]["reader"]["failed"] == 1
+    assert result["model"]["shape"] == "toy-small" and result["loss"]["count"] == 6
+    assert set(result["expert_load"]) == {"1", "2"}
+
+
+def test_samples_report_dir_and_a_shape_that_does_not_fit(ray_session, corrupted, tmp_path, capsys):
+    out, _ = corrupted
+    code = cli.main(["validate", str(out), "--shape", "toy", "--samples", "3", "--report-dir", str(tmp_path)])
+    result = json.loads((tmp_path / "validation.json").read_text())
+    assert result["samples"]["validated"] == 3 and result["model"]["shape"] == "toy"
+    assert code == (1 if result["failed_sample_ids"] else 0)
+    assert cli.main(["validate", str(out), "--shape", "tiny", "--report-dir", str(tmp_path / "no")]) == 2
+    assert "vocabulary size 129280, the output's is 8192" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()

@@ -1,0 +1,102 @@
+"""The per-sample forward-pass checks, the small validation model and the validation summary, without Ray."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from shard_support import IMG, TOY, image, png, row_of, text
+
+import model_shapes
+from pipeline import layout, report, validate
+
+
+@pytest.fixture(scope="module")
+def validator() -> validate.Validator:
+    torch.manual_seed(0)
+    return validate.Validator(model_shapes.build_model(validate.small_shape(TOY)), TOY)
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dict]:
+    pictures = [
+        row_of("pics", f"p{i}", "caption", [image(0), text(f"Picture {i}.")], [png(200 + 300 * i, 150)])
+        for i in range(2)
+    ]
+    return [*pictures, row_of("chat", "c0", "text", [text("A plain document.")])]
+
+
+def test_small_shape_keeps_what_the_data_depends_on():
+    tiny = model_shapes.load("tiny")
+    small = validate.small_shape(tiny)
+    assert small.language.vocab_size == tiny.language.vocab_size
+    assert small.special_tokens == tiny.special_tokens
+    assert small.candidate_resolutions == tiny.candidate_resolutions
+    assert (small.image_size, small.patch_size, small.downsample_ratio) == (384, 14, 2)
+    assert small.language.hidden_size == 64 and small.vision.width == 64
+    for grid in ((1, 1), (2, 1), (3, 3)):
+        assert layout.image_token_count(grid, small) == layout.image_token_count(grid, tiny)
+    validate.check_compatible(small, tiny)
+
+
+def test_a_model_with_other_ids_is_refused():
+    tiny = model_shapes.load("tiny")
+    with pytest.raises(validate.ValidateError, match="vocabulary size 8192, the output's is 129280"):
+        validate.check_compatible(TOY, tiny)
+    moved = TOY.with_special_tokens(dataclasses.replace(TOY.special_tokens, image=8000))
+    with pytest.raises(validate.ValidateError, match="<image> 8000 \\(output: 8184\\)"):
+        validate.check_compatible(moved, TOY)
+    validate.check_compatible(TOY.with_special_tokens(None), TOY)
+
+
+def test_good_rows_pass_and_expert_load_counts_real_tokens(validator, rows):
+    result = validator(rows)
+    assert result.failures == [] and result.passed == dict.fromkeys(validate.CHECKS, 3)
+    assert sorted(result.losses) == sorted(row["sample_id"] for row in rows)
+    real_tokens = sum(len(row["input_ids"]) for row in rows)
+    top_k = validator.model.shape.language.num_experts_per_tok
+    assert sorted(result.expert_tokens) == [1, 2]  # layer 0 is dense
+    assert all(counts.sum() == real_tokens * top_k for counts in result.expert_tokens.values())
+    # The same rows one at a time give the same losses (left padding does not change the math).
+    alone = {k: v for row in rows for k, v in validator([row]).losses.items()}
+    assert alone == pytest.approx(result.losses, rel=1e-4)
+
+
+def test_corrupted_rows_are_named_and_the_rest_still_validate(validator, rows):
+    extra = dict(rows[0], input_ids=list(rows[0]["input_ids"]))
+    extra["input_ids"][extra["image_token_offsets"][0] + extra["num_image_tokens"]] = IMG
+    wrong_grid = dict(rows[1], images_spatial_crop=[[1, 2]])
+    result = validator([extra, wrong_grid, rows[2]])
+    by_sample = {(f.sample_id, f.check) for f in result.failures}
+    assert (extra["sample_id"], "visual_tokens") in by_sample and (extra["sample_id"], "forward") in by_sample
+    assert (wrong_grid["sample_id"], "reader") in by_sample
+    assert rows[2]["sample_id"] not in {f.sample_id for f in result.failures}
+    assert list(result.losses) == [rows[2]["sample_id"]]
+
+
+def test_a_row_without_loss_tokens_fails(validator, rows):
+    silent = dict(rows[2], labels=[-100] * len(rows[2]["labels"]))
+    result = validator([silent])
+    assert [(f.check, f.message) for f in result.failures] == [("loss_tokens", "no position is trained on")]
+
+
+def test_summary_and_report_section(validator, rows):
+    summary = validate.Summary()
+    summary.add(validator(rows[:2]))
+    summary.add(validator([dict(rows[2], labels=[-100] * len(rows[2]["labels"]))]))
+    result = summary.to_json(with_losses=True)
+    assert result["samples"] == {"validated": 3, "failed": 1, "passed": 2}
+    assert result["checks"]["loss_tokens"] == {"passed": 2, "failed": 1}
+    assert result["failed_sample_ids"] == [rows[2]["sample_id"]]
+    assert [h["loss"] for h in result["highest_loss"]] == sorted(summary.losses.values(), reverse=True)
+    load = result["expert_load"]["1"]
+    assert load["imbalance"] == max(load["tokens_per_expert"]) / (load["assignments"] / 8)
+    assert summary.to_json(with_losses=False)["highest_loss"] == []
+
+    validation = {"model": {"shape": "toy-small", "weights": None}, **result}
+    stats_html = report._validation_html(validation)
+    assert any(rows[2]["sample_id"] in part for part in stats_html)
+    assert "Forward-pass validation (toy-small): 3 samples, 1 failed" in report._validation_markdown(
+        validation
+    )
