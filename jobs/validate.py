@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 import model_shapes
 from jobs.ray_runtime import pool_resources, start_ray
-from jobs.stats import VALIDATION_FILE
+from jobs.stats import STATS_DIR, VALIDATION_FILE
 from pipeline import report, shards, verify
 from pipeline import validate as checks
 
@@ -74,7 +74,7 @@ def run(
         **summary.to_json(with_losses=weights is not None),
         "seconds": round(time.perf_counter() - started, 2),
     }
-    target = shards.OutputDir(report_dir) if report_dir else shards.OutputDir(out.path("stats"))
+    target = shards.OutputDir(report_dir) if report_dir else shards.OutputDir(out.path(STATS_DIR))
     target.write_json(VALIDATION_FILE, result)
     if target.exists("stats.json"):
         stats = target.read_json("stats.json")
