@@ -26,7 +26,7 @@ import json
 import math
 import posixpath
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -50,6 +50,7 @@ __all__ = [
     "is_finite_number",
     "load_image",
     "meta_json",
+    "record_rows",
     "reject_row",
     "sample_row",
     "text_segment",
@@ -125,6 +126,29 @@ def file_reject_row(config: SourceConfig, file: str, problem: FileUnreadable) ->
     return reject_schema.reject(
         config.name, valid_text(file), "read", problem.reason, valid_text(problem.detail)
     )
+
+
+def record_rows(
+    config: SourceConfig,
+    file: str,
+    records: Iterable[tuple[int, object]],
+    sample: Callable[[str, object], Row],
+) -> Generator[Row, None, None]:
+    """One row per record of `file`, in order: `sample(key, record)` with the key `<file>#<index>`, or the
+    reject row of the `Rejected` it raises (a stream yields a `Rejected` in place of a record it could not
+    parse); a `FileUnreadable` while reading ends the file with one reject row standing for the rest."""
+    try:
+        for index, record in records:
+            key = f"{file}#{index}"
+            try:
+                if isinstance(record, Rejected):
+                    raise record
+                row = sample(key, record)
+            except Rejected as rejected:
+                row = reject_row(config, key, rejected)
+            yield row
+    except FileUnreadable as problem:
+        yield file_reject_row(config, file, problem)
 
 
 def text_segment(text: str, *, turn: int = 0, role: str | None = None) -> dict:

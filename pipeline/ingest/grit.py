@@ -27,21 +27,20 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass
+from functools import partial
 
 from pipeline.ingest.base import Format, ImageOptions, Row, SourceConfig, option
 from pipeline.ingest.checks import (
     CheckedImage,
-    FileUnreadable,
     Rejected,
     check_image,
     check_text,
     clip_box,
-    file_reject_row,
     image_path,
     image_segment,
     is_finite_number,
     load_image,
-    reject_row,
+    record_rows,
     sample_row,
     text_segment,
 )
@@ -69,18 +68,8 @@ class GritOptions(ImageOptions):
 
 def read_file(config: SourceConfig, file: str) -> Generator[Row, None, None]:
     """One sample or reject row per row of `file`, in file order."""
-    try:
-        for index, record in table_records(config.root, file, ["caption"]):
-            key = f"{file}#{index}"
-            try:
-                if isinstance(record, Rejected):
-                    raise record
-                row = _sample(config, key, record)
-            except Rejected as rejected:
-                row = reject_row(config, key, rejected)
-            yield row
-    except FileUnreadable as problem:
-        yield file_reject_row(config, file, problem)
+    records = table_records(config.root, file, ["caption"])
+    yield from record_rows(config, file, records, partial(_sample, config))
 
 
 def _sample(config: SourceConfig, key: str, record: object) -> Row:

@@ -22,16 +22,15 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass
+from functools import partial
 
 from pipeline.ingest.base import Format, ImageOptions, Row, SourceConfig, option
 from pipeline.ingest.checks import (
-    FileUnreadable,
     Rejected,
-    file_reject_row,
     image_path,
     image_segment,
     load_image,
-    reject_row,
+    record_rows,
     sample_row,
     text_field,
     text_segment,
@@ -56,18 +55,7 @@ class LlavaOptions(ImageOptions):
 
 def read_file(config: SourceConfig, file: str) -> Generator[Row, None, None]:
     """One sample or reject row per record of `file`, in file order."""
-    try:
-        for index, record in json_records(config.root, file):
-            key = f"{file}#{index}"
-            try:
-                if isinstance(record, Rejected):
-                    raise record
-                row = _sample(config, key, record)
-            except Rejected as rejected:
-                row = reject_row(config, key, rejected)
-            yield row
-    except FileUnreadable as problem:
-        yield file_reject_row(config, file, problem)
+    yield from record_rows(config, file, json_records(config.root, file), partial(_sample, config))
 
 
 def _sample(config: SourceConfig, key: str, record: object) -> Row:

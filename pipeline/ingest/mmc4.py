@@ -26,17 +26,16 @@ import functools
 import json
 from collections.abc import Generator
 from dataclasses import dataclass
+from functools import partial
 
 from pipeline.ingest.base import Format, ImageOptions, Row, SourceConfig, option
 from pipeline.ingest.checks import (
     CheckedImage,
-    FileUnreadable,
     Rejected,
-    file_reject_row,
     image_path,
     load_image,
     meta_json,
-    reject_row,
+    record_rows,
     text_field,
 )
 from pipeline.ingest.obelics import MISSING_IMAGES, ImagePart, interleaved_sample
@@ -64,18 +63,7 @@ class Mmc4Options(ImageOptions):
 
 def read_file(config: SourceConfig, file: str) -> Generator[Row, None, None]:
     """One sample or reject row per document of `file`, in file order."""
-    try:
-        for index, record in json_records(config.root, file):
-            key = f"{file}#{index}"
-            try:
-                if isinstance(record, Rejected):
-                    raise record
-                row = _sample(config, key, record)
-            except Rejected as rejected:
-                row = reject_row(config, key, rejected)
-            yield row
-    except FileUnreadable as problem:
-        yield file_reject_row(config, file, problem)
+    yield from record_rows(config, file, json_records(config.root, file), partial(_sample, config))
 
 
 def _sample(config: SourceConfig, key: str, record: object) -> Row:

@@ -33,6 +33,7 @@ import posixpath
 import urllib.parse
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -57,7 +58,7 @@ from pipeline.ingest.checks import (
     image_path,
     image_segment,
     load_image,
-    reject_row,
+    record_rows,
     sample_row,
     text_field,
     text_segment,
@@ -96,17 +97,11 @@ def read_file(config: SourceConfig, file: str) -> Generator[Row, None, None]:
     """One sample or reject row per document of `file`, in file order."""
     try:
         urls = _url_map(config)
-        for index, record in table_records(config.root, file, ["texts", "images"]):
-            key = f"{file}#{index}"
-            try:
-                if isinstance(record, Rejected):
-                    raise record
-                row = _sample(config, key, record, urls)
-            except Rejected as rejected:
-                row = reject_row(config, key, rejected)
-            yield row
     except FileUnreadable as problem:
         yield file_reject_row(config, file, problem)
+        return
+    records = table_records(config.root, file, ["texts", "images"])
+    yield from record_rows(config, file, records, partial(_sample, config, urls=urls))
 
 
 def _sample(config: SourceConfig, key: str, record: object, urls: dict[str, str] | None) -> Row:

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 from pipeline.ingest.base import Format, Options, Row, SourceConfig, option
 from pipeline.ingest.checks import (
     FileUnreadable,
     Rejected,
     check_text,
-    file_reject_row,
-    reject_row,
+    record_rows,
     sample_row,
     text_segment,
 )
@@ -41,18 +41,7 @@ class TextOptions(Options):
 def read_file(config: SourceConfig, file: str) -> Generator[Row, None, None]:
     """One sample or reject row per record of `file`, in file order."""
     records = _parquet_records(config, file) if file.endswith(".parquet") else json_records(config.root, file)
-    try:
-        for index, record in records:
-            key = f"{file}#{index}"
-            try:
-                if isinstance(record, Rejected):
-                    raise record
-                row = _sample(config, key, record)
-            except Rejected as rejected:
-                row = reject_row(config, key, rejected)
-            yield row
-    except FileUnreadable as problem:
-        yield file_reject_row(config, file, problem)
+    yield from record_rows(config, file, records, partial(_sample, config))
 
 
 def _parquet_records(config: SourceConfig, file: str) -> Iterator[tuple[int, dict]]:
