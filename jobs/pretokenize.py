@@ -81,8 +81,10 @@ class SourceTotals:
     tokens: int = 0
     image_tokens: int = 0
     loss_tokens: int = 0
+    seconds: float = 0.0  # worker time spent on the source's files (not in the manifest: it varies)
 
     def add(self, done: dict[str, Any]) -> None:
+        self.seconds += done["seconds"]
         self.read += done["read"]
         self.written += done["written"]
         self.rows += done["rows"]
@@ -133,9 +135,9 @@ def run(config: JobConfig, overwrite: bool = False, out_stream: Any = None) -> i
     )
     if pending:
         _process(config, pending)
-    manifest = _commit(config, out, partitions, identity)
+    manifest, worker_seconds = _commit(config, out, partitions, identity)
     out.delete(STAGING)
-    _print_summary(manifest, time.perf_counter() - started, out_stream)
+    _print_summary(manifest, worker_seconds, time.perf_counter() - started, out_stream)
     return _write_stats(config, out, out_stream)
 
 
@@ -189,6 +191,7 @@ class ReadPartition:
         self.config = config
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        started = time.perf_counter()
         partition = Partition(item["source_index"], item["source"], item["file"])
         reader = self.config.readers[partition.source_index]
         out = shards.OutputDir(self.config.output_dir)
@@ -203,7 +206,13 @@ class ReadPartition:
         out.write_table(
             partition.staged("read-rejects"), _concat(rejects, reject_schema.SCHEMA), STAGING_COMPRESSION
         )
-        return {**item, "read": counts.read, "samples": counts.samples, "rejected": dict(counts.rejected)}
+        return {
+            **item,
+            "read": counts.read,
+            "samples": counts.samples,
+            "rejected": dict(counts.rejected),
+            "seconds": time.perf_counter() - started,
+        }
 
 
 class SequencePartition:
@@ -217,6 +226,7 @@ class SequencePartition:
         ]
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        started = time.perf_counter()
         partition = Partition(item["source_index"], item["source"], item["file"])
         out = shards.OutputDir(self.config.output_dir)
         samples = out.read_table(partition.staged("samples"))
@@ -236,6 +246,7 @@ class SequencePartition:
             "tokens": _column_sum(rows, "seq_len"),
             "image_tokens": _column_sum(rows, "num_image_tokens"),
             "loss_tokens": _column_sum(rows, "num_loss_tokens"),
+            "seconds": item["seconds"] + time.perf_counter() - started,
         }
         out.write_json(partition.staged("done"), done)
         return {"source": partition.source, "file": partition.file, "rows": rows.num_rows}
@@ -245,8 +256,11 @@ class SequencePartition:
 # stage 4: commit
 
 
-def _commit(config: JobConfig, out: shards.OutputDir, partitions: list[Partition], identity: str) -> dict:
-    """Write shards, rejects and the manifest from the staged partitions, in order."""
+def _commit(
+    config: JobConfig, out: shards.OutputDir, partitions: list[Partition], identity: str
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Write shards, rejects and the manifest from the staged partitions, in order. Returns the manifest and
+    the worker seconds spent per source."""
     totals = {reader.config.name: SourceTotals() for reader in config.readers}
     rejects = shards.ShardWriter(
         out, "rejects", reject_schema.SCHEMA, config.shard_target_bytes, config.compression
@@ -328,7 +342,7 @@ def _commit(config: JobConfig, out: shards.OutputDir, partitions: list[Partition
         "sources": sources,
     }
     out.write_json(shards.MANIFEST, manifest)
-    return manifest
+    return manifest, {name: total.seconds for name, total in totals.items()}
 
 
 def code_identity() -> dict[str, str]:
@@ -371,8 +385,21 @@ def _pad_id(config: JobConfig) -> int:
     return special.pad
 
 
-def _print_summary(manifest: dict[str, Any], seconds: float, out_stream: Any) -> None:
-    header = ("source", "read", "written", "rejected", "rows", "tokens", "image tok", "loss tok", "shards")
+def _print_summary(
+    manifest: dict[str, Any], worker_seconds: dict[str, float], seconds: float, out_stream: Any
+) -> None:
+    header = (
+        "source",
+        "read",
+        "written",
+        "rejected",
+        "rows",
+        "tokens",
+        "image tok",
+        "loss tok",
+        "shards",
+        "rec/s",
+    )
     counted: dict[str, int] = {}
     for info in manifest["shards"]:
         counted[info["source"]] = counted.get(info["source"], 0) + 1
@@ -389,6 +416,7 @@ def _print_summary(manifest: dict[str, Any], seconds: float, out_stream: Any) ->
                 str(total["image_tokens"]),
                 str(total["loss_tokens"]),
                 str(counted.get(name, 0)),
+                f"{total['read'] / worker_seconds[name]:.0f}" if worker_seconds.get(name) else "",
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -407,11 +435,10 @@ def _print_summary(manifest: dict[str, Any], seconds: float, out_stream: Any) ->
     reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(rejected.items())) or "none"
     print(f"\nrejects by reason: {reasons}", file=out_stream)
     if manifest["packing"]:
-        print(
-            f"packing: {manifest['packing']['rows']} rows, efficiency {manifest['packing']['efficiency']:.1%}"
-        )
+        packing = manifest["packing"]
+        print(f"packing: {packing['rows']} rows, efficiency {packing['efficiency']:.1%}", file=out_stream)
     print(
-        f"{read} records in {seconds:.1f} s ({read / max(seconds, 1e-9):.0f} records/s); "
-        f"{len(manifest['shards'])} shards, manifest.json written.",
+        f"{read} records in {seconds:.1f} s ({read / max(seconds, 1e-9):.0f} records/s; a source's rec/s is "
+        f"per worker-second spent on its files); {len(manifest['shards'])} shards, manifest.json written.",
         file=out_stream,
     )
