@@ -151,7 +151,9 @@ class SequenceBuilder:
                 continue
             rendered.append(result)
             for block in result.blocks:
-                texts.extend(p for p in block.parts if isinstance(p, str) and p not in special)
+                for part in block.parts:
+                    if isinstance(part, str) and part not in special:
+                        texts.append(part)
         tokens = self._encode(texts)
         built: list[Built] = []
         for sample, result in zip(samples, rendered, strict=True):
@@ -210,7 +212,7 @@ class SequenceBuilder:
                     run += next(tokens)
                 else:
                     run.append(token_id)
-            out.append(_Tokens(items=items, loss=block.loss, eos=block.eos))
+            out.append(_Tokens(items, block.loss, block.eos))
         return out
 
     def _finish(self, sample: Mapping[str, Any], rendered: Rendered, blocks: list[_Tokens]) -> Built:
@@ -259,20 +261,28 @@ class SequenceBuilder:
         truncated: bool = False,
         part: int = 0,
     ) -> dict[str, Any]:
-        order = [item for block in blocks for item in block.items if isinstance(item, int)]
-        cropping = len(order) <= 2
-        grids = {index: self._grid(sample, index, cropping) for index in order}
+        order: list[int] = []
         total = 1
         for block in blocks:
             total += block.eos
             for item in block.items:
-                total += grids[item][1] if isinstance(item, int) else len(item)
-        # Filled by slices: one numpy call per text run or image, never one Python step per token.
+                if isinstance(item, int):
+                    order.append(item)
+                else:
+                    total += len(item)
+        cropping = len(order) <= 2
+        grids = [self._grid(sample, index, cropping) for index in order]  # in order of appearance
+        for _, count in grids:
+            total += count
+        # Filled by slices: one numpy call per text run or image, never one Python step per token. Labels
+        # start as a copy and lose the bos, the blocks not trained on and the images inside trained ones.
         ids = np.empty(total, dtype=np.int32)
         ids[0] = self._bos
         ignored = [(0, 1)]
         offsets: list[int] = []
         crops: list[list[int]] = []
+        next_grid = iter(grids).__next__
+        image_id = self._image
         position = 1
         num_image = num_loss = 0
         for block in blocks:
@@ -280,16 +290,18 @@ class SequenceBuilder:
             block_image = 0
             for item in block.items:
                 if isinstance(item, int):
-                    grid, count = grids[item]
-                    ids[position : position + count] = self._image
+                    grid, count = next_grid()
+                    ids[position : position + count] = image_id
                     offsets.append(position)
                     crops.append(list(grid))
-                    ignored.append((position, position + count))
+                    if block.loss:
+                        ignored.append((position, position + count))
                     position += count
                     block_image += count
                 else:
-                    ids[position : position + len(item)] = item
-                    position += len(item)
+                    end = position + len(item)
+                    ids[position:end] = item
+                    position = end
             if block.eos:
                 ids[position] = self._eos
                 position += 1
@@ -301,7 +313,8 @@ class SequenceBuilder:
         labels = ids.copy()
         for start, end in ignored:
             labels[start:end] = IGNORE
-        position_of = {index: k for k, index in enumerate(order)}
+        regions = sample["regions"]
+        position_of = {index: k for k, index in enumerate(order)} if regions else {}
         images = sample["images"]
         embed = self.options.embed_images
         return {
@@ -326,7 +339,7 @@ class SequenceBuilder:
             "image_token_offsets": offsets,
             "regions": [
                 {"phrase": region["phrase"], "image": position_of[region["image"]], "boxes": region["boxes"]}
-                for region in sample["regions"]
+                for region in regions
                 if region["image"] in position_of
             ],
             "num_image_tokens": num_image,

@@ -481,21 +481,27 @@ def _finish(chunks: Sequence[Part]) -> tuple[Part, ...]:
     processor, which tokenizes the whole string between two special tokens or images at once."""
     parts: list[Part] = []
     pending: list[str] = []
-    for chunk in (*chunks, None):
-        if isinstance(chunk, str) and not isinstance(chunk, _Token):
+    for chunk in chunks:
+        if isinstance(chunk, str) and type(chunk) is not _Token:
             pending.append(chunk)
             continue
-        joined = "".join(pending)
-        pending.clear()
-        if "<" not in joined:  # no special-token string in it: no need for the regular expression
-            if joined:
-                parts.append(joined)
-        else:
-            for piece in _SPECIAL_SPLIT.split(joined):
-                if piece == _IMAGE:
-                    raise TemplateError("placeholder_mismatch", f"text holds an {_IMAGE} string")
-                if piece:
-                    parts.append(piece)
-        if chunk is not None:
-            parts.append(chunk)
+        if pending:
+            _cut_text("".join(pending), parts)
+            pending = []
+        parts.append(chunk)
+    if pending:
+        _cut_text("".join(pending), parts)
     return tuple(parts)
+
+
+def _cut_text(text: str, parts: list[Part]) -> None:
+    """Append `text` to `parts` cut at special-token strings, leaving out empty pieces."""
+    if "<" not in text:  # no special-token string in it: no need for the regular expression
+        if text:
+            parts.append(text)
+        return
+    for piece in _SPECIAL_SPLIT.split(text):
+        if piece == _IMAGE:
+            raise TemplateError("placeholder_mismatch", f"text holds an {_IMAGE} string")
+        if piece:
+            parts.append(piece)
