@@ -19,13 +19,10 @@ annotation files are tens of MB.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Generator
 from dataclasses import dataclass
 
-import pyarrow as pa
-
-from pipeline.ingest.base import Format, ImageOptions, Row, SourceConfig, open_input
+from pipeline.ingest.base import Format, ImageOptions, Row, SourceConfig
 from pipeline.ingest.checks import (
     CheckedImage,
     FileUnreadable,
@@ -39,6 +36,7 @@ from pipeline.ingest.checks import (
     sample_row,
     text_segment,
 )
+from pipeline.ingest.streams import json_document
 
 __all__ = ["FORMAT", "CocoCaptionsOptions", "read_file"]
 
@@ -87,15 +85,7 @@ def read_file(config: SourceConfig, file: str) -> Generator[Row, None, None]:
 
 
 def _load(config: SourceConfig, file: str) -> tuple[list, list]:
-    try:
-        with open_input(config.root, file) as stream:
-            data = stream.read()
-    except (OSError, pa.ArrowException) as error:
-        raise FileUnreadable(f"cannot read: {error}") from None
-    try:
-        document = json.loads(data.decode("utf-8", "surrogateescape").removeprefix("\ufeff"))
-    except (ValueError, RecursionError) as error:
-        raise FileUnreadable(f"not valid JSON: {error}") from None
+    document = json_document(config.root, file)
     if not isinstance(document, dict):
         raise FileUnreadable("not a COCO annotation file: expected a JSON object with images and annotations")
     for field in ("images", "annotations"):

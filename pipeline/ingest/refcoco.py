@@ -32,16 +32,13 @@ read once for consecutive refs of it).
 from __future__ import annotations
 
 import io
-import json
 import pickle
 import posixpath
 import re
 from collections.abc import Generator
 from dataclasses import dataclass
 
-import pyarrow as pa
-
-from pipeline.ingest.base import ConfigError, Format, ImageOptions, Row, SourceConfig, open_input, option
+from pipeline.ingest.base import ConfigError, Format, ImageOptions, Row, SourceConfig, option
 from pipeline.ingest.checks import (
     CheckedImage,
     FileUnreadable,
@@ -56,7 +53,7 @@ from pipeline.ingest.checks import (
     sample_row,
     text_field,
 )
-from pipeline.ingest.textocr import load_json_object
+from pipeline.ingest.streams import json_object, parse_json, read_whole
 
 __all__ = ["FORMAT", "RefCocoOptions", "load_plain_pickle", "read_file"]
 
@@ -109,7 +106,7 @@ def read_file(config: SourceConfig, file: str) -> Generator[Row, None, None]:
     assert isinstance(options, RefCocoOptions)
     try:
         refs = _load_refs(config, file)
-        instances = load_json_object(config.root, posixpath.join(posixpath.dirname(file), "instances.json"))
+        instances = json_object(config.root, posixpath.join(posixpath.dirname(file), "instances.json"))
         images, annotations = instances.get("images"), instances.get("annotations")
         if not isinstance(images, list) or not isinstance(annotations, list):
             raise FileUnreadable("instances.json: images and annotations must be lists")
@@ -139,18 +136,8 @@ def read_file(config: SourceConfig, file: str) -> Generator[Row, None, None]:
 
 
 def _load_refs(config: SourceConfig, file: str) -> list:
-    try:
-        with open_input(config.root, file) as stream:
-            data = stream.read()
-    except (OSError, pa.ArrowException) as error:
-        raise FileUnreadable(f"cannot read: {error}") from None
-    if file.endswith(".p"):
-        refs = load_plain_pickle(data)
-    else:
-        try:
-            refs = json.loads(data.decode("utf-8", "surrogateescape").removeprefix("\ufeff"))
-        except (ValueError, RecursionError) as error:
-            raise FileUnreadable(f"not valid JSON: {error}") from None
+    data = read_whole(config.root, file)
+    refs = load_plain_pickle(data) if file.endswith(".p") else parse_json(data)
     if not isinstance(refs, list):
         raise FileUnreadable(f"the refs must be a list, not {type(refs).__name__}")
     return refs

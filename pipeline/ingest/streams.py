@@ -1,8 +1,10 @@
-"""Record streams shared by the readers: JSON Lines, streamed JSON arrays, Parquet in record batches.
+"""Record streams shared by the readers: JSON Lines, streamed JSON arrays, Parquet in record batches,
+and whole JSON documents.
 
-Each reads one input file with bounded memory (a record or a batch at a time, never the whole file)
-and raises `FileUnreadable` when the file, or the rest of it, cannot be read: the reader turns that
-into one reject row keyed by the file, after the rows of the records it did read.
+The streams read one input file with bounded memory (a record or a batch at a time, never the whole
+file); `json_document` is for formats published as one JSON object (COCO, TextOCR, REFER), which cannot
+be read a record at a time. All raise `FileUnreadable` when the file, or the rest of it, cannot be read:
+the reader turns that into one reject row keyed by the file, after the rows of the records it did read.
 """
 
 from __future__ import annotations
@@ -23,8 +25,12 @@ __all__ = [
     "column_values",
     "is_bytes_type",
     "is_text_type",
+    "json_document",
+    "json_object",
     "json_records",
     "parquet_batches",
+    "parse_json",
+    "read_whole",
     "table_records",
 ]
 
@@ -34,6 +40,36 @@ PARQUET_BATCH_ROWS = 64
 _CHUNK_CHARACTERS = 1 << 20
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _BOM = "\ufeff"
+
+
+def read_whole(location: str, file: str) -> bytes:
+    """All the bytes of `file`."""
+    try:
+        with open_input(location, file) as stream:
+            return stream.read()
+    except (OSError, pa.ArrowException) as error:
+        raise FileUnreadable(f"cannot read: {error}") from None
+
+
+def parse_json(data: bytes) -> object:
+    """The JSON value `data` holds (UTF-8, a leading byte-order mark allowed)."""
+    try:
+        return json.loads(data.decode("utf-8", "surrogateescape").removeprefix(_BOM))
+    except (ValueError, RecursionError) as error:
+        raise FileUnreadable(f"not valid JSON: {error}") from None
+
+
+def json_document(location: str, file: str) -> object:
+    """The JSON value that the whole of `file` holds."""
+    return parse_json(read_whole(location, file))
+
+
+def json_object(location: str, file: str) -> dict:
+    """The JSON object that the whole of `file` holds."""
+    document = json_document(location, file)
+    if not isinstance(document, dict):
+        raise FileUnreadable("not a JSON object")
+    return document
 
 
 def json_records(location: str, file: str) -> Iterator[tuple[int, object]]:

@@ -26,13 +26,10 @@ The whole file is parsed at once (a JSON object cannot be streamed record by rec
 
 from __future__ import annotations
 
-import json
 from collections.abc import Generator
 from dataclasses import dataclass
 
-import pyarrow as pa
-
-from pipeline.ingest.base import Format, ImageOptions, Row, SourceConfig, open_input
+from pipeline.ingest.base import Format, ImageOptions, Row, SourceConfig
 from pipeline.ingest.checks import (
     CheckedImage,
     FileUnreadable,
@@ -48,8 +45,9 @@ from pipeline.ingest.checks import (
     text_field,
     text_segment,
 )
+from pipeline.ingest.streams import json_object
 
-__all__ = ["FORMAT", "TextOcrOptions", "load_json_object", "read_file"]
+__all__ = ["FORMAT", "TextOcrOptions", "read_file"]
 
 ILLEGIBLE = "."
 
@@ -62,7 +60,7 @@ class TextOcrOptions(ImageOptions):
 def read_file(config: SourceConfig, file: str) -> Generator[Row, None, None]:
     """One sample or reject row per entry of `imgs` in `file`, in file order."""
     try:
-        document = load_json_object(config.root, file)
+        document = json_object(config.root, file)
         images, annotations = document.get("imgs"), document.get("anns")
         if not isinstance(images, dict) or not isinstance(annotations, dict):
             raise FileUnreadable("not a TextOCR / COCO-Text file: imgs and anns must be JSON objects")
@@ -83,22 +81,6 @@ def read_file(config: SourceConfig, file: str) -> Generator[Row, None, None]:
         except Rejected as rejected:
             row = reject_row(config, key, rejected)
         yield row
-
-
-def load_json_object(location: str, file: str) -> dict:
-    """The JSON object that the whole of `file` holds (`FileUnreadable` otherwise)."""
-    try:
-        with open_input(location, file) as stream:
-            data = stream.read()
-    except (OSError, pa.ArrowException) as error:
-        raise FileUnreadable(f"cannot read: {error}") from None
-    try:
-        document = json.loads(data.decode("utf-8", "surrogateescape").removeprefix("\ufeff"))
-    except (ValueError, RecursionError) as error:
-        raise FileUnreadable(f"not valid JSON: {error}") from None
-    if not isinstance(document, dict):
-        raise FileUnreadable("not a JSON object")
-    return document
 
 
 def _words(annotation_ids: object, annotations: dict, image_id: str) -> list[tuple[str, object]]:
