@@ -48,6 +48,7 @@ __all__ = [
     "image_path",
     "image_segment",
     "is_finite_number",
+    "load_entry_image",
     "load_image",
     "meta_json",
     "record_rows",
@@ -322,6 +323,22 @@ def check_image(data: bytes, path: str | None, options: ImageOptions) -> Checked
             image_format = image.format or ""
     row = {"bytes": data, "path": path, "width": width, "height": height, "format": image_format}
     return CheckedImage(row, n_frames)
+
+
+def load_entry_image(config: SourceConfig, entry: dict, what: str, separator: str = ".") -> CheckedImage:
+    """The checked image an annotation file's image entry names (`file_name` under `images_root`); its
+    `width` and `height`, when given, must equal the file's (`bad_field` otherwise). `what` names the entry
+    in messages; `separator` joins it to "file_name"."""
+    image = load_image(config, image_path(entry.get("file_name"), f"{what}{separator}file_name"))
+    declared = (entry.get("width"), entry.get("height"))
+    actual = (image.row["width"], image.row["height"])
+    if declared != (None, None) and declared != actual:
+        raise Rejected(
+            "image",
+            "bad_field",
+            f"{what} declares {declared[0]}×{declared[1]} pixels, the file is {actual[0]}×{actual[1]}",
+        )
+    return image
 
 
 def declared_size(data: bytes) -> tuple[int, int] | None:

@@ -29,9 +29,8 @@ from pipeline.ingest.checks import (
     Rejected,
     check_text,
     file_reject_row,
-    image_path,
     image_segment,
-    load_image,
+    load_entry_image,
     reject_row,
     sample_row,
     text_segment,
@@ -118,20 +117,10 @@ def _image_id(annotation: object, index: int, entries: dict[object, list[int]]) 
 
 def _image(config: SourceConfig, entry: dict, position: int) -> CheckedImage | Rejected:
     """The checked image of an `images` entry, or why it cannot be used."""
-    what = f"images[{position}]"
     try:
-        image = load_image(config, image_path(entry.get("file_name"), f"{what}.file_name"))
-        declared = (entry.get("width"), entry.get("height"))
-        actual = (image.row["width"], image.row["height"])
-        if declared != (None, None) and declared != actual:
-            raise Rejected(
-                "image",
-                "bad_field",
-                f"{what} declares {declared[0]}×{declared[1]} pixels, the file is {actual[0]}×{actual[1]}",
-            )
+        return load_entry_image(config, entry, f"images[{position}]")
     except Rejected as rejected:
         return rejected
-    return image
 
 
 FORMAT = Format(

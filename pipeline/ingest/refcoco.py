@@ -45,10 +45,9 @@ from pipeline.ingest.checks import (
     Rejected,
     clip_box,
     file_reject_row,
-    image_path,
     image_segment,
     is_finite_number,
-    load_image,
+    load_entry_image,
     reject_row,
     sample_row,
     text_field,
@@ -169,20 +168,10 @@ def _one(entries: dict[object, list[dict]], value: object, what: str, where: str
 
 
 def _image(config: SourceConfig, entry: dict) -> CheckedImage | Rejected:
-    what = f"image {entry['id']!r:.40}"
     try:
-        image = load_image(config, image_path(entry.get("file_name"), f"{what}: file_name"))
-        declared = (entry.get("width"), entry.get("height"))
-        actual = (image.row["width"], image.row["height"])
-        if declared != (None, None) and declared != actual:
-            raise Rejected(
-                "image",
-                "bad_field",
-                f"{what} declares {declared[0]}×{declared[1]} pixels, the file is {actual[0]}×{actual[1]}",
-            )
+        return load_entry_image(config, entry, f"image {entry['id']!r:.40}", separator=": ")
     except Rejected as rejected:
         return rejected
-    return image
 
 
 def _sample(

@@ -31,15 +31,13 @@ from dataclasses import dataclass
 
 from pipeline.ingest.base import Format, ImageOptions, Row, SourceConfig
 from pipeline.ingest.checks import (
-    CheckedImage,
     FileUnreadable,
     Rejected,
     clip_box,
     file_reject_row,
-    image_path,
     image_segment,
     is_finite_number,
-    load_image,
+    load_entry_image,
     reject_row,
     sample_row,
     text_field,
@@ -108,7 +106,7 @@ def _sample(
         raise Rejected("read", "malformed_record", f"imgs[{image_id!r}] is not an object")
     if not words:
         raise Rejected("sample", "empty_text", "the image has no legible word")
-    image = _image(config, entry, image_id)
+    image = load_entry_image(config, entry, f"imgs[{image_id!r}]")
     width, height = image.row["width"], image.row["height"]
     regions = []
     start = 0
@@ -131,20 +129,6 @@ def _corners(box: object) -> object:
         x, y, w, h = (float(v) for v in box)
         return [x, y, x + w, y + h]
     return box
-
-
-def _image(config: SourceConfig, entry: dict, image_id: str) -> CheckedImage:
-    what = f"imgs[{image_id!r}]"
-    image = load_image(config, image_path(entry.get("file_name"), f"{what}.file_name"))
-    declared = (entry.get("width"), entry.get("height"))
-    actual = (image.row["width"], image.row["height"])
-    if declared != (None, None) and declared != actual:
-        raise Rejected(
-            "image",
-            "bad_field",
-            f"{what} declares {declared[0]}×{declared[1]} pixels, the file is {actual[0]}×{actual[1]}",
-        )
-    return image
 
 
 FORMAT = Format(

@@ -19,7 +19,7 @@ from ingest_support import (
     write,
 )
 
-from pipeline.ingest import coco_captions
+from pipeline.ingest import checks
 
 
 def coco(images: list[dict], annotations: list[dict]) -> str:
@@ -49,9 +49,9 @@ def test_one_sample_per_caption_grouped_by_image(corpus: Path, monkeypatch: pyte
     ]
     write(corpus / "annotations" / "captions.json", coco(images, annotations))
     loads = []
-    original = coco_captions.load_image
+    original = checks.load_image  # every image goes through it, via checks.load_entry_image
     monkeypatch.setattr(
-        coco_captions, "load_image", lambda config, path: loads.append(path) or original(config, path)
+        checks, "load_image", lambda config, path: loads.append(path) or original(config, path)
     )
     source = reader(corpus, format="coco_captions", path="annotations/captions.json", images_root="train2017")
     samples, rejects, counts = read_source(source)
