@@ -22,6 +22,8 @@ import yaml
 import model_shapes
 from pipeline import ingest, shards
 from pipeline import tokenizer as tokenizers
+from pipeline.dedup import DedupOptions, parse_dedup
+from pipeline.filters import FILTERS, Filters, parse_filters
 from pipeline.ingest import ConfigError, Reader
 from pipeline.sequence import OVERFLOW_POLICIES, SequenceOptions
 from pipeline.templates import PROMPT_LISTS, TemplateConfig
@@ -30,6 +32,8 @@ __all__ = ["REFERENCE", "ConfigError", "JobConfig", "load_config", "parse_config
 
 TEMPLATE_KEYS = ("render", "prompts", "system")
 """Per-source keys that belong to templating, not to the reader."""
+CURATION_KEYS = ("filters", "dedup")
+"""Per-source keys that belong to filtering and deduplication (`pipeline.filters`, `pipeline.dedup`)."""
 
 COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "none")
 
@@ -60,6 +64,22 @@ REFERENCE: list[tuple[str, str, str]] = [
         "prompt lists replacing the shipped ones: " + ", ".join(PROMPT_LISTS),
     ),
     ("sources[].system", '""', "system text for chat renderings of samples that carry none"),
+    *(
+        (
+            f"sources[].filters.{spec.name}",
+            "off",
+            f"drop samples whose {spec.quantity} is {'below' if spec.bound == 'min' else 'above'} this "
+            f"({spec.range_text}{', ' + spec.unit if spec.unit else ''}); "
+            f"{spec.quantity}: {spec.description}",
+        )
+        for spec in FILTERS.values()
+    ),
+    (
+        "sources[].dedup",
+        "off",
+        "exact deduplication by sample, image and/or text: a list of those, or {by: [...], "
+        "across_sources: true, image_hash: bytes or pixels}; the first copy in config and file order is kept",
+    ),
     ("sequence.max_seq_len", "the shape's (4096)", "longest sequence in tokens"),
     ("sequence.overflow", "drop", "what happens to longer samples: " + ", ".join(OVERFLOW_POLICIES)),
     ("sequence.packing", "false", "pack samples into rows of exactly max_seq_len tokens"),
@@ -91,6 +111,8 @@ class JobConfig:
     tokenizer_kind: str | None
     readers: tuple[Reader, ...]
     sequence_options: tuple[SequenceOptions, ...]  # one per source, in source order
+    filters: tuple[Filters, ...]  # one per source (empty: none configured)
+    dedup: tuple[DedupOptions | None, ...]  # one per source (None: no deduplication)
     packing: bool
     output_dir: str
     shard_target_bytes: int
@@ -141,7 +163,17 @@ def parse_config(raw: object, base_dir: str | os.PathLike[str]) -> JobConfig:
     if "sources" not in raw:
         raise ConfigError("sources: required (a list of {name, format, path})")
     readers = tuple(
-        ingest.make_readers(raw["sources"], where="sources", base_dir=base, reserved=TEMPLATE_KEYS)
+        ingest.make_readers(
+            raw["sources"], where="sources", base_dir=base, reserved=(*TEMPLATE_KEYS, *CURATION_KEYS)
+        )
+    )
+    source_filters = tuple(
+        parse_filters(source.get("filters"), f"sources[{index}].filters")
+        for index, source in enumerate(raw["sources"])
+    )
+    source_dedup = tuple(
+        parse_dedup(source.get("dedup"), f"sources[{index}].dedup")
+        for index, source in enumerate(raw["sources"])
     )
 
     sequence = sections["sequence"]
@@ -196,6 +228,8 @@ def parse_config(raw: object, base_dir: str | os.PathLike[str]) -> JobConfig:
         tokenizer_kind=tokenizer_kind,
         readers=readers,
         sequence_options=tuple(options),
+        filters=source_filters,
+        dedup=source_dedup,
         packing=packing,
         output_dir=_resolve(output["dir"], base),
         shard_target_bytes=target,

@@ -7,11 +7,16 @@ The walk, one input file (a *partition*) at a time:
 2. read (Ray tasks, one per partition): the source's reader turns the file into `schemas.sample` and
    `schemas.reject` rows, staged under `OUT/_staging/` (image bytes go to disk once, never through the
    object store).
-3. sequence (a Ray actor pool, the tokenizer loaded once per actor): staged samples become
-   `schemas.shard` rows and sequence-stage rejects; a `done` marker, written last, finishes the partition.
+3. sequence (a Ray actor pool, the tokenizer loaded once per actor): the source's filters
+   (`pipeline.filters`) measure the staged samples and drop those out of bounds, the rest become
+   `schemas.shard` rows and sequence-stage rejects, and the dedup keys of the built samples are staged
+   (`pipeline.dedup`); a `done` marker, written last, finishes the partition.
+3b. dedup (Ray tasks, only when a source dedups): a hash-partitioned shuffle of all staged keys finds every
+   key's first copy by (partition order, row); the later copies are staged per partition (`jobs.dedup`).
 4. commit (driver, streaming, one partition at a time): rows in config order → size-targeted shards
    `OUT/shards/<source>/part-NNNNN.parquet` (or `OUT/shards/packed/` with packing), rejects →
-   `OUT/rejects/part-NNNNN.parquet`, then `OUT/manifest.json`, atomically, last. Staging is removed.
+   `OUT/rejects/part-NNNNN.parquet`, duplicates removed and rejected, filter measurements →
+   `OUT/filters/part-NNNNN.parquet`, then `OUT/manifest.json`, atomically, last. Staging is removed.
 
 Determinism: partitions are committed in config and file order, rows in record order, and shard files
 depend only on the rows, so the same inputs and config give byte-identical outputs wherever they live.
@@ -32,8 +37,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from jobs import dedup as dedup_stage
 from jobs.config import JobConfig
-from pipeline import shards
+from pipeline import dedup, filters, shards
 from pipeline.ingest import Counts
 from pipeline.packing import Packer
 from pipeline.sequence import SequenceBuilder
@@ -43,7 +49,7 @@ from schemas import shard as shard_schema
 
 __all__ = ["MANIFEST_VERSION", "Partition", "run"]
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 STAGING = shards.STAGING
 STAGING_COMPRESSION = "none"
 """Staged files live minutes and mostly hold image bytes that do not compress: only shards are compressed."""
@@ -58,6 +64,7 @@ class Partition:
     source_index: int
     source: str
     file: str
+    order: int = 0  # position among all partitions (config, then file order): what "first copy" means
 
     @property
     def id(self) -> str:
@@ -94,6 +101,16 @@ class SourceTotals:
         for reason, count in done["rejected"].items():
             self.rejected[reason] = self.rejected.get(reason, 0) + count
 
+    def remove_duplicates(self, rows: pa.Table, rejects: pa.Table) -> None:
+        """Take duplicate samples (their `rows`, their reject rows) out of the written counts."""
+        self.written -= rejects.num_rows
+        self.rows -= rows.num_rows
+        self.tokens -= _column_sum(rows, "seq_len")
+        self.image_tokens -= _column_sum(rows, "num_image_tokens")
+        self.loss_tokens -= _column_sum(rows, "num_loss_tokens")
+        for reason in rejects.column("reason").to_pylist():
+            self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
     @property
     def rejected_total(self) -> int:
         return sum(self.rejected.values())
@@ -122,11 +139,12 @@ def run(config: JobConfig, overwrite: bool = False, out_stream: Any = None) -> i
     _claim_staging(out, identity)
 
     started = time.perf_counter()
-    partitions = [
-        Partition(index, reader.config.name, file)
+    files = [
+        (index, reader.config.name, file)
         for index, reader in enumerate(config.readers)
         for file in reader.files()
     ]
+    partitions = [Partition(index, name, file, order) for order, (index, name, file) in enumerate(files)]
     pending = [p for p in partitions if not out.exists(p.staged("done"))]
     print(
         f"pretokenize: {len(config.readers)} sources, {len(partitions)} input files "
@@ -135,6 +153,7 @@ def run(config: JobConfig, overwrite: bool = False, out_stream: Any = None) -> i
     )
     if pending:
         _process(config, pending)
+    _deduplicate(config, out, partitions)
     manifest, worker_seconds = _commit(config, out, partitions, identity)
     out.delete(STAGING)
     _print_summary(manifest, worker_seconds, time.perf_counter() - started, out_stream)
@@ -168,7 +187,10 @@ def _process(config: JobConfig, pending: list[Partition]) -> None:
 
     start_ray(config.ray_address, config.ray_num_cpus)
     pool_size, actor_cpus = pool_resources()
-    items = [{"source_index": p.source_index, "source": p.source, "file": p.file} for p in pending]
+    items = [
+        {"source_index": p.source_index, "source": p.source, "file": p.file, "order": p.order}
+        for p in pending
+    ]
     dataset = ray.data.from_items(items, override_num_blocks=len(items))
     # Reads are Ray tasks beside the actor pool, so that reading and tokenizing overlap on separate CPUs.
     # A read holds one input file's samples in memory and reserves that; the differing resources also keep
@@ -192,7 +214,7 @@ class ReadPartition:
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
-        partition = Partition(item["source_index"], item["source"], item["file"])
+        partition = Partition(item["source_index"], item["source"], item["file"], item["order"])
         reader = self.config.readers[partition.source_index]
         out = shards.OutputDir(self.config.output_dir)
         samples, rejects, counts = [], [], Counts()
@@ -227,29 +249,72 @@ class SequencePartition:
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
-        partition = Partition(item["source_index"], item["source"], item["file"])
+        partition = Partition(item["source_index"], item["source"], item["file"], item["order"])
+        index = partition.source_index
         out = shards.OutputDir(self.config.output_dir)
         samples = out.read_table(partition.staged("samples"))
-        rows, rejects = self.builders[partition.source_index].build_table(samples)
+        rejects = []
+        chosen = self.config.filters[index]
+        if chosen:
+            measured = filters.measure(samples, chosen.quantities, self.config.shape, self.tokenizer)
+            keep, dropped = filters.apply(chosen, samples, measured, partition.source)
+            measurements = filters.measurement_table(samples, measured, filters.dropped_by(chosen, measured))
+            out.write_table(partition.staged("measures"), measurements, STAGING_COMPRESSION)
+            samples = samples.filter(keep)
+            rejects.append(dropped)
+        rows, built_rejects = self.builders[index].build_table(samples)
+        rejects.append(built_rejects)
+        rejected_table = pa.concat_tables(rejects)
         out.write_table(partition.staged("rows"), rows, STAGING_COMPRESSION)
-        out.write_table(partition.staged("sequence-rejects"), rejects, STAGING_COMPRESSION)
+        out.write_table(partition.staged("sequence-rejects"), rejected_table, STAGING_COMPRESSION)
+        keys = 0
+        options = self.config.dedup[index]
+        if options is not None:
+            built = samples.filter(
+                pc.invert(pc.is_in(samples.column("sample_id"), built_rejects.column("sample_id")))
+            )
+            key_rows = dedup.sample_keys(built, options, partition.order)
+            out.write_table(partition.staged("keys"), key_rows, STAGING_COMPRESSION)
+            keys = key_rows.num_rows
         rejected = dict(item["rejected"])
-        for reason in rejects.column("reason").to_pylist():
+        for reason in rejected_table.column("reason").to_pylist():
             rejected[reason] = rejected.get(reason, 0) + 1
         done = {
             "source": partition.source,
             "file": partition.file,
             "read": item["read"],
-            "written": item["samples"] - rejects.num_rows,
+            "written": item["samples"] - rejected_table.num_rows,
             "rows": rows.num_rows,
             "rejected": rejected,
             "tokens": _column_sum(rows, "seq_len"),
             "image_tokens": _column_sum(rows, "num_image_tokens"),
             "loss_tokens": _column_sum(rows, "num_loss_tokens"),
+            "keys": keys,
             "seconds": item["seconds"] + time.perf_counter() - started,
         }
         out.write_json(partition.staged("done"), done)
         return {"source": partition.source, "file": partition.file, "rows": rows.num_rows}
+
+
+def _deduplicate(config: JobConfig, out: shards.OutputDir, partitions: list[Partition]) -> None:
+    """Stage 3b: find the duplicates among the staged keys (a Ray shuffle), unless no source dedups or an
+    earlier run of this staging finished it."""
+    keyed = [p for p in partitions if config.dedup[p.source_index] is not None]
+    if not keyed or out.exists(dedup_stage.DONE):
+        return
+    from jobs.ray_runtime import start_ray, task_cpus
+
+    total = sum(out.read_json(p.staged("done"))["keys"] for p in keyed)
+    start_ray(config.ray_address, config.ray_num_cpus)
+    import ray
+
+    dedup_stage.run_dedup(
+        config.output_dir,
+        [(p.order, p.id, p.staged("keys")) for p in keyed],
+        total,
+        cpus=ray.cluster_resources().get("CPU", 1),
+        task_cpus=task_cpus(),
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -266,6 +331,9 @@ def _commit(
         out, "rejects", reject_schema.SCHEMA, config.shard_target_bytes, config.compression
     )
     shard_infos: list[dict[str, Any]] = []
+    measures = shards.ShardWriter(
+        out, "filters", filters.MEASUREMENT_SCHEMA, config.shard_target_bytes, config.compression
+    )
     packer = Packer(config.sequence_options[0].max_seq_len or config.shape.max_seq_len, _pad_id(config))
     packed = (
         shards.ShardWriter(
@@ -282,6 +350,12 @@ def _commit(
         for partition in (p for p in partitions if p.source_index == index):
             totals[name].add(out.read_json(partition.staged("done")))
             rows = out.read_table(partition.staged("rows"))
+            duplicates = dedup_stage.staged_duplicates(out, partition.id)
+            if duplicates is not None:
+                dropped = pc.is_in(rows.column("key"), duplicates.column("key"))
+                duplicate_rejects = dedup.reject_rows(duplicates)
+                totals[name].remove_duplicates(rows.filter(dropped), duplicate_rejects)
+                rows = rows.filter(pc.invert(dropped))
             if packed is not None:
                 for row in rows.to_pylist():
                     made = packer.add(row)
@@ -291,11 +365,16 @@ def _commit(
                 writer.write(rows)
             rejects.write(out.read_table(partition.staged("read-rejects")))
             rejects.write(out.read_table(partition.staged("sequence-rejects")))
+            if duplicates is not None:
+                rejects.write(duplicate_rejects)
+            if config.filters[index]:
+                measures.write(out.read_table(partition.staged("measures")))
         shard_infos += [{"source": name, **info.to_dict()} for info in writer.close()]
     if packed is not None:
         packed.write(shard_schema.to_table(packer.flush()))
         shard_infos += [{"source": "packed", **info.to_dict()} for info in packed.close()]
     reject_infos = [info.to_dict() for info in rejects.close()]
+    measure_infos = [info.to_dict() for info in measures.close()]
 
     sources = {}
     for name, total in totals.items():
@@ -339,6 +418,19 @@ def _commit(
         ),
         "shards": shard_infos,
         "rejects": reject_infos,
+        "filters": {
+            "thresholds": {
+                reader.config.name: chosen.thresholds
+                for reader, chosen in zip(config.readers, config.filters, strict=True)
+                if chosen
+            },
+            "measurements": measure_infos,
+        },
+        "dedup": (
+            {"duplicates": out.read_json(dedup_stage.DONE)["duplicates"]}
+            if out.exists(dedup_stage.DONE)
+            else None
+        ),
         "sources": sources,
     }
     out.write_json(shards.MANIFEST, manifest)

@@ -1,9 +1,10 @@
 """The stats job: statistics of a finished output (manifest, shards, rejects) as a Ray job.
 
-One Ray task per shard or reject file listed in the manifest computes a `pipeline.stats.Partial` of that file,
-reading it batch by batch and only the columns the statistics need (never image bytes); the driver merges the
-partials as they arrive, so no step holds all rows. The driver then writes `stats.json`, `report.html` and
-`report.md` to `OUT/stats/` (or to `report_dir`). Files under `stats/` are not listed in the manifest.
+One Ray task per shard, reject or filter measurement file listed in the manifest computes a
+`pipeline.stats.Partial` of that file, reading it batch by batch and only the columns the statistics need
+(never image bytes); the driver merges the partials as they arrive, so no step holds all rows. The driver
+then writes `stats.json`, `report.html` and `report.md` to `OUT/stats/` (or to `report_dir`). Files under
+`stats/` are not listed in the manifest.
 
 The model shape comes from the manifest (`config.model_shape`, else `model_shape.name`); the tokenizer from
 the config as recorded (`default`, or its path as written, relative to the working directory) and is used
@@ -69,6 +70,7 @@ def run(
     )
     files = [(e["path"], "shard") for e in manifest["shards"]]
     files += [(e["path"], "reject") for e in manifest["rejects"]]
+    files += [(e["path"], "filter") for e in (manifest.get("filters") or {}).get("measurements", [])]
     spec = tokenizer_spec if tokenizer else None
     merged = _partials(location, files, context, spec, shape, ray_address, num_cpus)
     token_text = (lambda token_id: tokenizer.decode([token_id])) if tokenizer else None
@@ -170,11 +172,16 @@ def file_partial(
     tokenizer_spec: tuple[str, str | None] | None = None,
     shape: model_shapes.ModelShape | None = None,
 ) -> stats.Partial:
-    """The partial of one shard (`what` = "shard") or reject file, read in batches of the needed columns.
-    With a tokenizer spec and shape, the characters-per-token sample is decoded."""
+    """The partial of one shard (`what` = "shard"), reject ("reject") or filter measurement ("filter") file,
+    read in batches of the needed columns. With a tokenizer spec and shape, the characters-per-token sample
+    is decoded."""
     out = shards.OutputDir(location)
     parquet = pq.ParquetFile(out.path(path), filesystem=out.fs)
     merged = stats.Partial()
+    if what == "filter":
+        for batch in parquet.iter_batches(BATCH_ROWS * 64):
+            merged = stats.merge(merged, stats.filter_partial(batch))
+        return merged
     if what == "reject":
         for batch in parquet.iter_batches(BATCH_ROWS, columns=list(stats.REJECT_COLUMNS)):
             merged = stats.merge(merged, stats.reject_partial(batch))

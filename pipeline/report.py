@@ -2,7 +2,10 @@
 
 `html` gives a single file with inline CSS and every plot embedded as a base64 PNG (matplotlib, Agg backend),
 so it opens from disk with no network. `markdown` gives the short version for a terminal or a pull request.
-`PLOTS` names the plots, in page order; each appears once as a `<figure>` with that name as its id.
+`PLOTS` names the plots, in page order; each appears once as a `<figure>` with that name as its id. When
+filters ran, a Filters section follows with one figure per (source, quantity), id
+`filter-<source>-<quantity>`: the distribution of the measured values with the cut part in red and the
+thresholds as lines.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
-__all__ = ["PLOTS", "html", "markdown", "plot_png"]
+__all__ = ["PLOTS", "filter_png", "html", "markdown", "plot_png"]
 
 _CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -312,10 +315,78 @@ def html(stats: dict[str, Any], validation: dict[str, Any] | None = None) -> str
             f'<figure id="{name}"><img alt="{name}" src="data:image/png;base64,{encoded}">'
             f"<figcaption>{name}</figcaption></figure>"
         )
+    parts += _filters_html(stats)
     if validation is not None:
         parts += _validation_html(validation)
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+_FILTER_HEADER = ("source", "quantity", "filters", "measured", "cut", "dropped by others", "min", "max")
+
+
+def _filter_rows(stats: dict[str, Any]) -> list[list[Any]]:
+    return [
+        [
+            source,
+            quantity,
+            ", ".join(f"{name} {_fmt(value)}" for name, value in entry["filters"].items()),
+            entry["measured"],
+            entry["cut"],
+            entry["dropped_other"],
+            entry["min"],
+            entry["max"],
+        ]
+        for source, quantities in stats.get("filters", {}).items()
+        for quantity, entry in quantities.items()
+    ]
+
+
+def filter_png(source: str, quantity: str, entry: dict[str, Any]) -> bytes:
+    """The distribution of one filtered quantity of one source (a `stats.json` `filters` entry) as PNG bytes:
+    all measured values, the part a filter on the quantity cut, and each threshold as a vertical line."""
+    figure, ax = plt.subplots(figsize=(5.2, 3.4), dpi=90)
+    try:
+        histogram = entry["histogram"]
+        edges = histogram["bin_edges"]
+        logarithmic = edges[-1] > 1.0
+        left = [max(edge, 0.5) for edge in edges[:-1]] if logarithmic else edges[:-1]
+        widths = [b - a for a, b in zip(left, edges[1:], strict=True)]
+        ax.bar(left, histogram["counts"], width=widths, align="edge", color="#4c72b0", label="measured")
+        ax.bar(left, histogram["cut_counts"], width=widths, align="edge", color="#c44e52", label="cut")
+        for name, value in entry["filters"].items():
+            ax.axvline(value, color="#222", linestyle="--", linewidth=1)
+            ax.annotate(
+                name, (value, 1), xycoords=("data", "axes fraction"), fontsize=7, rotation=90, va="top"
+            )
+        if logarithmic:
+            ax.set_xscale("log", base=2)
+            used = [i for i, count in enumerate(histogram["counts"]) if count]
+            if used:
+                ax.set_xlim(max(edges[max(used[0] - 1, 0)], 0.5), edges[min(used[-1] + 2, len(edges) - 1)])
+        ax.set_title(f"{source}: {quantity}")
+        ax.legend(fontsize=7)
+        figure.tight_layout()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", metadata={"Software": None})
+        return buffer.getvalue()
+    finally:
+        plt.close(figure)
+
+
+def _filters_html(stats: dict[str, Any]) -> list[str]:
+    if not stats.get("filters"):
+        return []
+    parts = ["<h2>Filters</h2>", _table(_FILTER_HEADER, _filter_rows(stats))]
+    for source, quantities in stats["filters"].items():
+        for quantity, entry in quantities.items():
+            name = f"filter-{source}-{quantity}"
+            encoded = base64.b64encode(filter_png(source, quantity, entry)).decode("ascii")
+            parts.append(
+                f'<figure id="{_esc(name)}"><img alt="{_esc(name)}" src="data:image/png;base64,{encoded}">'
+                f"<figcaption>{_esc(name)}</figcaption></figure>"
+            )
+    return parts
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -343,6 +414,7 @@ def markdown(stats: dict[str, Any], validation: dict[str, Any] | None = None) ->
                 f"{_percent(overall['text']['byte_fallback_share'])}; characters per token "
                 f"{_fmt(overall['text']['chars_per_token'])}. VL / text-only tokens "
                 f"{_fmt(stats['mixture']['vl_to_text_only'])}. Shards: {stats['shards']['count']}.",
+                *([_md_table(_FILTER_HEADER, _filter_rows(stats))] if stats.get("filters") else []),
                 *([_validation_markdown(validation)] if validation is not None else []),
             ]
         )

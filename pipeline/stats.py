@@ -57,6 +57,13 @@ bin i holding values in [bin_edges[i], bin_edges[i + 1]), the last bin closed):
 - `shards`: {count, bytes: DIST, rows: DIST, per_source: {source: {count, bytes, rows}}, rejects: {count,
   bytes, rows}} from the manifest's file lists.
 - `candidate_grids`: the shape's candidate tile grids [W, H], for the heat map.
+- `filters`: {source: {quantity: FILTERED}} for every quantity a configured filter of `pipeline.filters`
+  measured (from the output's `filters/` files: one row per sample that reached the filters, with its measured
+  values and the filter that dropped it). FILTERED = {filters: {filter name: threshold}, measured: samples
+  with a value, cut: samples a filter on this quantity dropped, dropped_other: samples another filter dropped,
+  min, max, histogram: HIST of all measured values plus `cut_counts`, the cut samples per bin}. Bins are fixed
+  per quantity (`FILTER_SCALES`): 1 % steps for `padding_share`, else steps of a fraction of an octave from 1
+  (values below 1 in the first bin, values past the last edge in the last bin).
 """
 
 from __future__ import annotations
@@ -80,6 +87,9 @@ __all__ = [
     "Partial",
     "context_for",
     "distribution",
+    "filter_bin_edges",
+    "filter_bins",
+    "filter_partial",
     "finalize",
     "merge",
     "percentile",
@@ -112,6 +122,17 @@ SHARD_COLUMNS = (
 )
 """The shard columns the statistics read (Parquet column paths: image bytes and token labels stay on disk)."""
 REJECT_COLUMNS = ("source", "key", "stage", "reason")
+FILTER_SCALES: dict[str, tuple[int, int]] = {
+    "image_min_side": (4, 14),
+    "image_max_aspect_ratio": (8, 7),
+    "image_max_pixels": (2, 30),
+    "text_chars": (4, 20),
+    "text_tokens": (4, 18),
+    "padding_share": (0, 100),
+    "box_min_area": (2, 28),
+}
+"""Histogram bins of each filtered quantity: (bins per octave, octaves) from 1 up, or (0, n): n equal bins
+over [0, 1]."""
 
 SEQ_LEN_BINS = 32
 SIZE_BIN_PX = 128
@@ -203,6 +224,8 @@ class Partial:
     sequence_tokens: Counter = field(default_factory=Counter)
     rejects: Counter = field(default_factory=Counter)
     reject_examples: dict[tuple[str, str], str] = field(default_factory=dict)
+    filter_bins: Counter = field(default_factory=Counter)  # (source, quantity, bin, dropped_by or "")
+    filter_extremes: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
 
 
 def merge(a: Partial, b: Partial) -> Partial:
@@ -213,12 +236,18 @@ def merge(a: Partial, b: Partial) -> Partial:
     examples = dict(a.reject_examples)
     for key, example in b.reject_examples.items():
         examples[key] = min(examples.get(key, example), example)
+    extremes = dict(a.filter_extremes)
+    for key, (low, high) in b.filter_extremes.items():
+        old_low, old_high = extremes.get(key, (low, high))
+        extremes[key] = (min(old_low, low), max(old_high, high))
     return Partial(
         cells=cells,
         sequences=a.sequences + b.sequences,
         sequence_tokens=a.sequence_tokens + b.sequence_tokens,
         rejects=a.rejects + b.rejects,
         reject_examples=examples,
+        filter_bins=a.filter_bins + b.filter_bins,
+        filter_extremes=extremes,
     )
 
 
@@ -473,6 +502,48 @@ def reject_partial(rows: pa.Table | pa.RecordBatch) -> Partial:
     return partial
 
 
+def filter_bin_edges(quantity: str) -> list[float]:
+    """The histogram bin edges of a filtered quantity (see `FILTER_SCALES`)."""
+    per_octave, count = FILTER_SCALES[quantity]
+    if per_octave == 0:
+        return [i / count for i in range(count + 1)]
+    return [0.0] + [2.0 ** (i / per_octave) for i in range(1, per_octave * count + 1)]
+
+
+def filter_bins(quantity: str, values: np.ndarray) -> np.ndarray:
+    """The bin index of each value of a filtered quantity (float64 array, no NaN)."""
+    per_octave, count = FILTER_SCALES[quantity]
+    if per_octave == 0:
+        return np.clip(np.floor(values * count), 0, count - 1).astype(np.int64)
+    octaves = np.log2(np.maximum(values, 1.0))
+    return np.clip(np.floor(octaves * per_octave), 0, per_octave * count - 1).astype(np.int64)
+
+
+def filter_partial(rows: pa.Table | pa.RecordBatch) -> Partial:
+    """The partial of filter measurement rows (`pipeline.filters.MEASUREMENT_SCHEMA`)."""
+    partial = Partial()
+    names = rows.schema.names
+    source = _numpy(rows.column("source")).astype(str)
+    dropped = np.asarray(rows.column("dropped_by").fill_null("").to_pylist(), dtype=str)
+    for quantity in FILTER_SCALES:
+        if quantity not in names:
+            continue
+        column = rows.column(quantity)
+        present = ~np.asarray(column.is_null().to_pylist(), dtype=bool)
+        if not present.any():
+            continue
+        values = _numpy(column.fill_null(0)).astype(np.float64)
+        bins = filter_bins(quantity, values)
+        for name in np.unique(source[present]).tolist():
+            mask = present & (source == name)
+            chosen = values[mask]
+            partial.filter_extremes[(name, quantity)] = (float(chosen.min()), float(chosen.max()))
+            pairs = zip(bins[mask].tolist(), dropped[mask].tolist(), strict=True)
+            for (bin_index, by), count in Counter(pairs).items():
+                partial.filter_bins[(name, quantity, bin_index, by)] += count
+    return partial
+
+
 # ------------------------------------------------------------------------------------------------
 # finalize
 
@@ -718,4 +789,37 @@ def finalize(
             "rejects": _files(list(manifest.get("rejects", []))),
         },
         "candidate_grids": [list(g) for g in context.candidate_grids],
+        "filters": _filters(partial, manifest),
     }
+
+
+def _filters(partial: Partial, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    from pipeline.filters import FILTERS
+
+    thresholds = (manifest.get("filters") or {}).get("thresholds", {})
+    result: dict[str, Any] = {}
+    for source, quantity in sorted(partial.filter_extremes):
+        configured = thresholds.get(source, {})
+        own = {name: configured[name] for name in configured if FILTERS[name].quantity == quantity}
+        edges = filter_bin_edges(quantity)
+        counts, cut = Counter(), Counter()
+        dropped_other = 0
+        for (name, measured, bin_index, by), count in partial.filter_bins.items():
+            if (name, measured) != (source, quantity):
+                continue
+            counts[bin_index] += count
+            if by in own:
+                cut[bin_index] += count
+            elif by:
+                dropped_other += count
+        low, high = partial.filter_extremes[(source, quantity)]
+        result.setdefault(source, {})[quantity] = {
+            "filters": own,
+            "measured": sum(counts.values()),
+            "cut": sum(cut.values()),
+            "dropped_other": dropped_other,
+            "min": low,
+            "max": high,
+            "histogram": {**_histogram(counts, edges), "cut_counts": _histogram(cut, edges)["counts"]},
+        }
+    return result

@@ -13,6 +13,9 @@ the corpus) and returns a `Report` of `Problem`s, each naming the file and, for 
 - `num_image_tokens`, `num_text_tokens`, `num_loss_tokens` agree with the tokens; the row carries the
   manifest's tokenizer and shape identities; a packed row's `cu_seqlens`, `position_ids` and `documents`
   agree with each other.
+
+Filter measurement files (`filters/`, listed under the manifest's `filters.measurements`) are checked like the
+others, and the samples they say a filter dropped must equal the reject rows of that filter's reason.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import model_shapes
 from model_shapes import ModelShape
 from pipeline import images as image_io
 from pipeline import layout, tiling
+from pipeline.filters import FILTERS, MEASUREMENT_SCHEMA
 from pipeline.shards import MANIFEST, OutputDir
 from schemas import reject as reject_schema
 from schemas import shard as shard_schema
@@ -344,8 +348,12 @@ def verify(
         if _check_file(out, entry, reject_schema.SCHEMA, report):
             report.reject_files += 1
             report.reject_rows += _scan_rejects(out, entry, counted, report, batch_rows)
-    listed = {entry["path"] for entry in manifest["shards"] + manifest["rejects"]}
-    for relative in out.list_files("shards") + out.list_files("rejects"):
+    measurements = list((manifest.get("filters") or {}).get("measurements", []))
+    for entry in measurements:
+        if _check_file(out, entry, MEASUREMENT_SCHEMA, report):
+            _scan_measurements(out, entry, counted, report)
+    listed = {entry["path"] for entry in manifest["shards"] + manifest["rejects"] + measurements}
+    for relative in out.list_files("shards") + out.list_files("rejects") + out.list_files("filters"):
         if relative not in listed:
             report.add(relative, "not listed in the manifest")
     _check_counts(manifest["sources"], counted, report)
@@ -361,6 +369,7 @@ class _Counts:
     image_tokens: Counter = field(default_factory=Counter)
     loss_tokens: Counter = field(default_factory=Counter)
     rejects: dict[str, Counter] = field(default_factory=dict)
+    filtered: dict[str, Counter] = field(default_factory=dict)  # reject reason of the dropping filter
     packed: bool = False
 
 
@@ -444,6 +453,24 @@ def _scan_rejects(
     return rows
 
 
+def _scan_measurements(out: OutputDir, entry: Mapping[str, Any], counted: _Counts, report: Report) -> None:
+    relative = entry["path"]
+    try:
+        table = pq.read_table(out.path(relative), filesystem=out.fs, columns=["source", "dropped_by"])
+    except (OSError, pa.ArrowException) as error:
+        report.add(relative, f"unreadable: {error}")
+        return
+    if table.num_rows != entry["rows"]:
+        report.add(relative, f"{table.num_rows} rows, the manifest says {entry['rows']}")
+    for source, name in zip(*(table.column(c).to_pylist() for c in ("source", "dropped_by")), strict=True):
+        if name is None:
+            continue
+        if name not in FILTERS:
+            report.add(relative, f"unknown filter {name!r} in dropped_by")
+            continue
+        counted.filtered.setdefault(source, Counter())[FILTERS[name].reason] += 1
+
+
 def _check_counts(sources: Mapping[str, Mapping[str, Any]], counted: _Counts, report: Report) -> None:
     for name in sorted((set(counted.rows) | set(counted.rejects)) - set(sources)):
         report.add(MANIFEST, f"rows or rejects of source {name!r}, which the manifest does not list")
@@ -463,6 +490,14 @@ def _check_counts(sources: Mapping[str, Mapping[str, Any]], counted: _Counts, re
             report.add(
                 where,
                 f"reject files hold {dict(sorted(rejects.items()))}, the manifest says {totals['rejected']}",
+            )
+        filtered = counted.filtered.get(name, Counter())
+        reasons = {spec.reason for spec in FILTERS.values()}
+        if filtered != Counter({r: n for r, n in rejects.items() if r in reasons}):
+            report.add(
+                where,
+                f"filter measurements drop {dict(sorted(filtered.items()))}, the reject files hold "
+                f"{ {r: n for r, n in sorted(rejects.items()) if r in reasons} }",
             )
         what = "documents in packed rows" if counted.packed else "rows"
         pairs = [("rows", counted.rows), ("tokens", counted.tokens)]

@@ -13,6 +13,8 @@ Columns, in this fixed order:
 - `stage` (string): one of `STAGES`, where the record was stopped.
 - `reason` (string): a code from `REASONS`.
 - `detail` (string): what exactly was wrong, for a person (the failing value, the limit, the error).
+- `value` (float64, null unless a number failed): the measured quantity that a configured filter found
+  out of bounds (pixels, characters, tokens, a share), for a machine to check without parsing `detail`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pyarrow as pa
 
 from schemas import table_of
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 STAGES = ("read", "image", "sample", "sequence", "filter", "dedup")
 """read: the file or record could not be parsed. image: an image could not be used. sample: the
@@ -54,8 +56,19 @@ REASONS: dict[str, str] = {
     "no_loss_tokens": "a sequence with no token to train on",
     "bad_tokens": "a token id outside the vocabulary or equal to a special id where text was expected",
     # filter / dedup
-    "filtered": "dropped by a configured filter (the detail names the filter and the failing value)",
-    "duplicate": "an exact duplicate of a kept sample (the detail names the kept copy)",
+    "filtered": "dropped by a reader's own filter (grit's min_score: the detail names it and the value)",
+    "image_too_small": "filter min_image_side: an image side shorter than the minimum (value: pixels)",
+    "extreme_aspect_ratio": "filter max_aspect_ratio: an image's long/short side ratio above the maximum",
+    "too_many_pixels": "filter max_image_pixels: an image with more pixels than the maximum (value: pixels)",
+    "text_too_short": "filter min_text_chars: fewer text characters than the minimum",
+    "text_too_long": "filter max_text_chars: more text characters than the maximum",
+    "too_few_text_tokens": "filter min_text_tokens: fewer text tokens than the minimum",
+    "too_many_text_tokens": "filter max_text_tokens: more text tokens than the maximum",
+    "too_much_padding": "filter max_padding_share: an image whose tiled canvas is too much padding (a share)",
+    "box_too_small": "filter min_box_area: a grounding box smaller than the minimum area (value: pixels²)",
+    "duplicate_sample": "dedup by sample: the same content as an earlier sample (the detail names it)",
+    "duplicate_image": "dedup by image: the same images as an earlier sample (the detail names it)",
+    "duplicate_text": "dedup by text: the same normalized text as an earlier sample (the detail names it)",
 }
 
 SCHEMA = pa.schema(
@@ -66,12 +79,21 @@ SCHEMA = pa.schema(
         pa.field("stage", pa.string(), nullable=False),
         pa.field("reason", pa.string(), nullable=False),
         pa.field("detail", pa.string(), nullable=False),
+        pa.field("value", pa.float64()),
     ],
     metadata={"vl2prep.schema": "reject", "vl2prep.schema_version": str(SCHEMA_VERSION)},
 )
 
 
-def reject(source: str, key: str, stage: str, reason: str, detail: str, sample_id: str | None = None) -> dict:
+def reject(
+    source: str,
+    key: str,
+    stage: str,
+    reason: str,
+    detail: str,
+    sample_id: str | None = None,
+    value: float | None = None,
+) -> dict:
     """One reject row; raises ValueError for a stage or reason code that is not documented here."""
     if stage not in STAGES:
         raise ValueError(f"unknown reject stage {stage!r}; known: {', '.join(STAGES)}")
@@ -84,6 +106,7 @@ def reject(source: str, key: str, stage: str, reason: str, detail: str, sample_i
         "stage": stage,
         "reason": reason,
         "detail": detail,
+        "value": value,
     }
 
 

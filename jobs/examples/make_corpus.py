@@ -160,8 +160,16 @@ def write_parquet(encoded: dict[str, bytes]) -> None:
                 {"bytes": encoded["camera"], "path": "camera.jpg"},
                 {"bytes": encoded["astronaut"], "path": "astronaut.jpg"},
                 {"bytes": b"not an image", "path": "broken.jpg"},
+                {"bytes": encoded["astronaut"], "path": "astronaut-copy.jpg"},  # an image duplicate
+                {"bytes": encoded["hopper"], "path": "hopper.jpg"},
             ],
-            "text": ["A photographer with a camera.", "A portrait of an astronaut.", "Broken bytes."],
+            "text": [
+                "A photographer with a camera.",
+                "A portrait of an astronaut.",
+                "Broken bytes.",
+                "The same astronaut, captioned again.",
+                "Hopper.",  # under the config's min_text_chars
+            ],
         }
     )
     pq.write_table(table, CORPUS / "captions.parquet", compression="zstd")

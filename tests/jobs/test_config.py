@@ -43,6 +43,10 @@ def test_example_config_loads_with_defaults(tmp_path):
     assert config.shard_target_bytes == 64 * 2**20
     assert config.output_dir == str((REPO / "out" / "example").resolve())
     assert config.sequence_options[1].templates.render == "plain"
+    captions = [reader.config.name for reader in config.readers].index("hf-captions")
+    assert config.filters[captions].thresholds["min_text_chars"] == 12
+    assert config.dedup[captions].by == ("sample", "image", "text")
+    assert sum(map(bool, config.filters)) == 1 and sum(d is not None for d in config.dedup) == 1
 
     defaults = parse_config(minimal(), base_dir=tmp_path)
     assert defaults.shard_target_bytes == 256 * 2**20 and not defaults.packing
@@ -81,6 +85,12 @@ def edit(path: str, value):
         ("sources.0.name", None, "sources[0].name: required"),
         ("sources.0.text_colum", "x", "sources[0].text_colum"),
         ("sources.0.render", "poem", "sources[0]: render"),
+        ("sources.0.filters", {"min_side": 3}, "sources[0].filters.min_side"),
+        ("sources.0.filters", {"min_image_side": -3}, "sources[0].filters.min_image_side"),
+        ("sources.0.filters", {"max_padding_share": 1.5}, "sources[0].filters.max_padding_share"),
+        ("sources.0.filters", {"min_text_chars": 9, "max_text_chars": 3}, "sources[0].filters"),
+        ("sources.0.dedup", ["pictures"], "sources[0].dedup"),
+        ("sources.0.dedup", {"by": ["text"], "image_hash": "md5"}, "sources[0].dedup.image_hash"),
         ("sequence.overflow", "wrap", "sequence.overflow"),
         ("sequence.max_seq_len", 1, "sequence.max_seq_len"),
         ("sequence.max_seq_len", 8192, "sequence.max_seq_len: 8192 exceeds"),

@@ -60,7 +60,8 @@ def test_example_corpus_end_to_end(ray_session, tmp_path):
     assert not (out / "_staging").exists()
 
     # Every listed file is there with its size and checksum; nothing else is, but the statistics report.
-    listed = {entry["path"]: entry for entry in manifest["shards"] + manifest["rejects"]}
+    measured = manifest["filters"]["measurements"]
+    listed = {entry["path"]: entry for entry in manifest["shards"] + manifest["rejects"] + measured}
     written = {path for path in file_hashes(out) if not path.startswith("stats/")}
     assert set(listed) | {"manifest.json"} == written
     assert {"stats/stats.json", "stats/report.html", "stats/report.md"} <= set(file_hashes(out))
@@ -78,6 +79,7 @@ def test_example_corpus_end_to_end(ray_session, tmp_path):
         assert rejects.column("source").to_pylist().count(name) == counts["rejected_total"]
     assert len(set(rows.column("sample_id").to_pylist())) == rows.num_rows
     expected_reasons = {"missing_image", "placeholder_mismatch", "truncated_image", "empty_text"}
+    expected_reasons |= {"duplicate_image", "text_too_short"}  # the hf-captions source filters and dedups
     assert expected_reasons <= set(rejects.column("reason").to_pylist())
     assert "llava" in printed and "rejects by reason" in printed
 

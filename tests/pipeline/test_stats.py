@@ -258,3 +258,69 @@ def test_empty_and_all_rejected_sources_give_a_valid_result():
     assert result["sources"]["empty"]["tokens"]["total"] == stats.distribution(Counter())
     assert result["overall"]["tokens"]["image_share"] is None
     assert result["mixture"]["vl_to_text_only"] is None
+
+
+def measurement_rows(seed: int, n: int) -> pa.Table:
+    """Filter measurements of two sources: image sides, padding shares and text lengths, some null, some
+    dropped by the filter on their quantity or by another one."""
+    from pipeline.filters import MEASUREMENT_SCHEMA
+
+    rng = np.random.default_rng(seed)
+    side = rng.integers(1, 5000, n)
+    share = rng.random(n)
+    chars = rng.integers(0, 2000, n)
+    dropped = np.where(side < 32, "min_image_side", np.where(chars > 1500, "max_text_chars", None))
+    columns = {
+        "source": [f"s{i % 2}" for i in range(n)],
+        "key": [f"k{i}" for i in range(n)],
+        "sample_id": [f"{i:08x}" for i in range(n)],
+        "image_min_side": pa.array(side, mask=rng.random(n) < 0.1),
+        "padding_share": pa.array(share),
+        "text_chars": pa.array(chars),
+        "dropped_by": pa.array(dropped.tolist(), pa.string()),
+    }
+    return pa.Table.from_pydict(
+        {
+            name: columns.get(name, pa.nulls(n, field.type))
+            for name, field in zip(MEASUREMENT_SCHEMA.names, MEASUREMENT_SCHEMA, strict=True)
+        },
+        schema=MEASUREMENT_SCHEMA,
+    )
+
+
+def test_filtered_distributions_match_a_direct_recomputation_in_any_merge_order():
+    table = measurement_rows(7, 500)
+    manifest = {"filters": {"thresholds": {"s0": {"min_image_side": 32, "max_text_chars": 1500}}}}
+    whole = stats.finalize(stats.filter_partial(table), CONTEXT, manifest)["filters"]
+    pieces = [stats.filter_partial(table.slice(start, 60)) for start in range(0, 500, 60)]
+    merged = stats.Partial()
+    for piece in reversed(pieces):
+        merged = stats.merge(piece, merged)
+    assert stats.finalize(merged, CONTEXT, manifest)["filters"] == whole
+
+    rows = table.to_pylist()
+    side = whole["s0"]["image_min_side"]
+    values = [r["image_min_side"] for r in rows if r["source"] == "s0" and r["image_min_side"] is not None]
+    assert side["filters"] == {"min_image_side": 32}
+    assert (side["measured"], side["min"], side["max"]) == (len(values), min(values), max(values))
+    assert side["cut"] == sum(v < 32 for v in values)
+    assert side["dropped_other"] == sum(
+        r["dropped_by"] == "max_text_chars"
+        for r in rows
+        if r["source"] == "s0" and r["image_min_side"] is not None
+    )
+    edges = side["histogram"]["bin_edges"]
+    expected = np.histogram(np.clip(values, 1, edges[-1] - 1e-9), bins=edges)[0].tolist()
+    assert side["histogram"]["counts"] == expected
+    assert sum(side["histogram"]["cut_counts"][: edges.index(32.0)]) == side["cut"]
+    # Source s1 has no thresholds: its quantities are still plotted, nothing counts as cut.
+    assert whole["s1"]["text_chars"]["filters"] == {} and whole["s1"]["text_chars"]["cut"] == 0
+    share = whole["s0"]["padding_share"]["histogram"]
+    assert len(share["counts"]) == 100 and sum(share["counts"]) == 250
+    assert stats.filter_bins("padding_share", np.array([0.0, 0.005, 0.01, 0.999, 1.0])).tolist() == [
+        0,
+        0,
+        1,
+        99,
+        99,
+    ]
