@@ -12,6 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model_shapes.kernels import needs_autograd, use_triton
+from model_shapes.kernels.mla import mla_attention
+from model_shapes.masks import documents_from_mask
 from model_shapes.norm import RMSNorm
 from model_shapes.rope import apply_rope
 from model_shapes.shape import LanguageShape
@@ -74,6 +77,10 @@ class MultiHeadLatentAttention(nn.Module):
     directly (one key head of width kv_lora_rank + d_rope, as cached at inference); False expands per-head
     keys and values first, which costs fewer FLOPs per score when the sequence is long and everything is
     recomputed.
+
+    With ``absorb`` and the Triton backend (:mod:`model_shapes.kernels`), attention over the latent runs in
+    the MLA kernel whenever the mask can be given as documents (plain causal, packed, left-padded; see
+    :func:`model_shapes.masks.documents_from_mask`), and in torch's SDPA otherwise.
     """
 
     def __init__(self, shape: LanguageShape) -> None:
@@ -120,10 +127,17 @@ class MultiHeadLatentAttention(nn.Module):
         )
         if self.absorb:
             q_latent = torch.einsum("bshn,hnr->bshr", q_nope, w_uk)
+            queries = torch.cat((q_latent, q_rope), dim=-1)
             keys = torch.cat((latent[:, :, None, :], k_rope), dim=-1)
-            context = _attend(
-                torch.cat((q_latent, q_rope), dim=-1), keys, latent[:, :, None, :], mask, self.scale
-            )
+            # The (forward-only) Triton kernel takes documents; the torch path keeps the batched SDPA.
+            kernel = use_triton(x) and not needs_autograd(queries, keys)
+            documents = documents_from_mask(mask, batch, seq, x.device) if kernel else None
+            if documents is None:
+                context = _attend(queries, keys, latent[:, :, None, :], mask, self.scale)
+            else:
+                context = mla_attention(
+                    queries.flatten(0, 1), keys.flatten(0, 2), self.rank, self.scale, documents
+                ).view(batch, seq, self.heads, self.rank)
             out = torch.einsum("bshr,hvr->bshv", context, w_uv)
         else:
             k_nope = torch.einsum("bsr,hnr->bshn", latent, w_uk)

@@ -16,7 +16,8 @@ from model_shapes.shape import LanguageShape
 
 
 class DecoderLayer(nn.Module):
-    """x + self_attn(input_layernorm(x)), then x + mlp(post_attention_layernorm(x))."""
+    """x + self_attn(input_layernorm(x)), then x + mlp(post_attention_layernorm(x)); the second residual add
+    is fused into the post-attention norm."""
 
     def __init__(self, shape: LanguageShape, layer: int) -> None:
         super().__init__()
@@ -31,8 +32,9 @@ class DecoderLayer(nn.Module):
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        attended = self.self_attn(self.input_layernorm(x), cos, sin, mask)
+        normed, x = self.post_attention_layernorm(attended, residual=x)
+        return x + self.mlp(normed)
 
 
 class DecoderModel(nn.Module):

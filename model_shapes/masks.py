@@ -75,3 +75,34 @@ def attention_mask_4d(
         allowed = allowed & (docs[:, :, None] == docs[:, None, :])
     allowed = allowed | torch.eye(seq, dtype=torch.bool, device=device)
     return allowed[:, None]
+
+
+def documents_from_mask(
+    mask: torch.Tensor | None, batch: int, seq: int, device: torch.device
+) -> torch.Tensor | None:
+    """``cu_seqlens`` over the flattened [batch · seq] stream whose documents allow exactly the keys that
+    ``mask`` (from :func:`attention_mask_4d`; None = plain causal, one document a row) allows, or None when no
+    documents do (a hole inside a query's keys, as right padding makes).
+
+    Packed rows give back their documents. A left-padded row gives one document per padding token (a padding
+    query sees only itself) and one for its real tokens, so kernels that take documents compute what the mask
+    says for every token, padding included.
+    """
+    total = batch * seq
+    if mask is None:
+        return torch.arange(0, total + 1, seq, device=device, dtype=torch.int32)
+    if mask.dtype != torch.bool or mask.shape != (batch, 1, seq, seq):
+        return None
+    allowed = mask[:, 0]
+    positions = torch.arange(seq, device=device)
+    # A document starts at each query whose first allowed key is itself (and at every row start).
+    starts_here = allowed.to(torch.uint8).argmax(dim=-1) == positions
+    starts_here[:, 0] = True
+    doc_start = torch.where(starts_here, positions, 0).cummax(dim=-1).values
+    expected = (positions[None, None, :] >= doc_start[:, :, None]) & (
+        positions[None, None, :] <= positions[:, None]
+    )
+    if not torch.equal(allowed, expected):
+        return None
+    bounds = torch.cat((starts_here.flatten().nonzero()[:, 0], torch.tensor([total], device=device)))
+    return bounds.to(torch.int32)

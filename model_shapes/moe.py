@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model_shapes.kernels.moe import StackedExperts, moe_experts
 from model_shapes.shape import LanguageShape
 
 
@@ -87,34 +88,33 @@ class Router(nn.Module):
 
 class MoE(nn.Module):
     """Routed experts (``experts.{e}``) weighted by the :class:`Router` (``gate``), plus the shared experts
-    (``shared_experts``, one SwiGLU of n_shared · moe_intermediate; absent when n_shared_experts is 0)."""
+    (``shared_experts``, one SwiGLU of n_shared · moe_intermediate; absent when n_shared_experts is 0).
+
+    The routed experts run through :func:`model_shapes.kernels.moe.moe_experts`; its fused kernels read the
+    experts' weights stacked, a copy the layer caches (:class:`~model_shapes.kernels.moe.StackedExperts`)."""
 
     def __init__(self, shape: LanguageShape) -> None:
         super().__init__()
         hidden, width = shape.hidden_size, shape.moe_intermediate_size
         self.experts = nn.ModuleList(SwiGLU(hidden, width) for _ in range(shape.n_routed_experts))
         self.gate = Router(shape)
+        self._stacked_experts = StackedExperts()
         if shape.n_shared_experts:
             self.shared_experts = SwiGLU(hidden, width * shape.n_shared_experts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
         index, weight = self.gate(flat)
-        # Group the (token, slot) picks by expert, run each expert once on its tokens, and add the weighted
-        # outputs back in float32 (the official inference path also combines in the router's float32).
-        picks = index.flatten()
-        order = picks.argsort()
-        counts = torch.bincount(picks, minlength=len(self.experts)).tolist()
-        routed = torch.zeros(flat.shape, dtype=torch.float32, device=flat.device)
-        start = 0
-        for expert, count in zip(self.experts, counts, strict=True):
-            if count:
-                slots = order[start : start + count]
-                tokens = slots // index.shape[1]
-                out = expert(flat[tokens]).float() * weight.flatten()[slots, None]
-                routed.index_add_(0, tokens, out)
-                start += count
-        y = routed.to(x.dtype).view(x.shape)
+        routed = moe_experts(
+            flat,
+            index,
+            weight,
+            [expert.gate_proj.weight for expert in self.experts],
+            [expert.up_proj.weight for expert in self.experts],
+            [expert.down_proj.weight for expert in self.experts],
+            self._stacked_experts,
+        )
+        y = routed.view(x.shape)
         if hasattr(self, "shared_experts"):
             y = y + self.shared_experts(x)
         return y

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from typing import overload
+
 import torch
 from torch import nn
+
+from model_shapes.kernels.rmsnorm import rms_norm
 
 
 class RMSNorm(nn.Module):
     """x / sqrt(mean(x²) + eps) · weight, with the mean taken in float32 and the result cast back to the input
-    dtype before the learned weight multiplies it, as the official ``DeepseekV2RMSNorm``."""
+    dtype before the learned weight multiplies it, as the official ``DeepseekV2RMSNorm``.
+
+    Given a ``residual``, it first forms h = x + residual (in the input dtype, as the model's
+    ``x = x + attn``) and returns ``(norm(h), h)``: one pass over memory with the Triton kernel
+    (:mod:`model_shapes.kernels`).
+    """
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -18,7 +27,14 @@ class RMSNorm(nn.Module):
     def reset_parameters(self) -> None:
         nn.init.ones_(self.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+    @overload
+    def forward(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    @overload
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        normed, summed = rms_norm(x, self.weight, self.eps, residual)
+        return normed if summed is None else (normed, summed)

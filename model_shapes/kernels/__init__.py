@@ -72,10 +72,17 @@ def use_triton(*tensors: torch.Tensor) -> bool:
     return triton_available() and all(t.is_cuda for t in tensors)
 
 
+def needs_autograd(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records an operation on ``tensors``: the kernels are forward-only, so their
+    dispatchers run the reference then, whatever the backend."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 __all__ = [
     "BACKENDS",
     "ENV_VAR",
     "kernel_backend",
+    "needs_autograd",
     "set_kernel_backend",
     "triton_available",
     "use_kernels",
