@@ -6,6 +6,9 @@ A caption corpus is generated (Parquet files of small JPEGs with captions). Meas
           `ShardWriter` — the job's work without its orchestration (the named baseline);
 - job:    `jobs.pretokenize.run` on an embedded Ray with 1 and with 2 CPUs (Ray started before the clock,
           its start time shown apart), at 1× and 4× the corpus size;
+- curated: the same job on 2 CPUs with filters (image side, aspect ratio, padding share, text tokens)
+          and deduplication by sample, image and text; every 10th image of the corpus repeats the one
+          before it, so 10% of the samples are duplicates;
 - driver peak RSS of each job run (the driver's own `ru_maxrss`; workers are separate processes).
 
 Each job run is a fresh subprocess, so its Ray and its memory peak are its own. Prints one table:
@@ -65,19 +68,28 @@ def make_corpus(folder: Path, files: int, per_file: int) -> int:
             size = (200 + 37 * ((f * per_file + i) % 17), 150 + 23 * ((f + i) % 11))
             buffer = io.BytesIO()
             source.resize(size).save(buffer, format="JPEG", quality=80)
-            images.append({"bytes": buffer.getvalue(), "path": f"{f}/{i}.jpg"})
+            data = images[-1]["bytes"] if i % 10 == 9 else buffer.getvalue()  # 10% image duplicates
+            images.append({"bytes": data, "path": f"{f}/{i}.jpg"})
             texts.append(f"Photograph {i} of batch {f}: a portrait, {size[0]} by {size[1]} pixels, indoors.")
         table = pa.table({"image": images, "text": texts})
         pq.write_table(table, folder / f"part-{f:03d}.parquet")
     return files * per_file
 
 
-def write_config(folder: Path, corpus: Path, cpus: int) -> Path:
-    config = folder / f"job-{cpus}.yaml"
+CURATION = (
+    "filters: {min_image_side: 160, max_aspect_ratio: 4, max_padding_share: 0.5, min_text_tokens: 4}, "
+    "dedup: [sample, image, text]"
+)
+
+
+def write_config(folder: Path, corpus: Path, cpus: int, curate: bool = False) -> Path:
+    name = f"{cpus}-curated" if curate else str(cpus)
+    extra = f", {CURATION}" if curate else ""
+    config = folder / f"job-{name}.yaml"
     config.write_text(
         "model_shape: tiny\n"
-        f"sources:\n  - {{name: captions, format: parquet, path: {corpus}}}\n"
-        f"output: {{dir: {folder / f'out-{cpus}'}, stats: false}}\n"
+        f"sources:\n  - {{name: captions, format: parquet, path: {corpus}{extra}}}\n"
+        f"output: {{dir: {folder / f'out-{name}'}, stats: false}}\n"
         f"ray: {{num_cpus: {cpus}}}\n"
     )
     return config
@@ -139,6 +151,19 @@ def main() -> None:
                 rows.append(
                     (f"{scale}×", "job", str(cpus), samples, run["seconds"], plain, scaling, run["peak_mib"])
                 )
+            curated = job_run(write_config(work, corpus, 2, curate=True))
+            rows.append(
+                (
+                    f"{scale}×",
+                    "curated job",
+                    "2",
+                    samples,
+                    curated["seconds"],
+                    plain,
+                    None,
+                    curated["peak_mib"],
+                )
+            )
             ray_start = sum(run["ray_start"] for run in runs.values()) / len(runs)
 
     header = ("corpus", "run", "CPUs", "samples", "seconds", "samples/s", "job/plain time", "2/1 speed-up",

@@ -352,7 +352,7 @@ def _commit(
             rows = out.read_table(partition.staged("rows"))
             duplicates = dedup_stage.staged_duplicates(out, partition.id)
             if duplicates is not None:
-                dropped = pc.is_in(rows.column("key"), duplicates.column("key"))
+                dropped = pc.fill_null(pc.is_in(rows.column("key"), duplicates.column("key")), False)
                 duplicate_rejects = dedup.reject_rows(duplicates)
                 totals[name].remove_duplicates(rows.filter(dropped), duplicate_rejects)
                 rows = rows.filter(pc.invert(dropped))
@@ -526,6 +526,13 @@ def _print_summary(
             rejected[reason] = rejected.get(reason, 0) + count
     reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(rejected.items())) or "none"
     print(f"\nrejects by reason: {reasons}", file=out_stream)
+    filter_reasons = {spec.reason for spec in filters.FILTERS.values()}
+    if manifest["filters"]["thresholds"]:
+        dropped = sum(count for reason, count in rejected.items() if reason in filter_reasons)
+        measured = sum(entry["rows"] for entry in manifest["filters"]["measurements"])
+        print(f"filters: {dropped} of {measured} measured samples dropped (OUT/filters/)", file=out_stream)
+    if manifest["dedup"] is not None:
+        print(f"dedup: {manifest['dedup']['duplicates']} duplicates dropped", file=out_stream)
     if manifest["packing"]:
         packing = manifest["packing"]
         print(f"packing: {packing['rows']} rows, efficiency {packing['efficiency']:.1%}", file=out_stream)

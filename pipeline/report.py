@@ -154,17 +154,22 @@ PLOTS: dict[str, Callable[[Axes, dict[str, Any]], None]] = {
 """Plot name → drawing function, in page order."""
 
 
-def plot_png(name: str, stats: dict[str, Any]) -> bytes:
-    """One named plot of `PLOTS` as PNG bytes."""
+def _png(draw: Callable[[Axes], None]) -> bytes:
+    """What `draw` puts on one axes, as PNG bytes (no timestamp: the same plot gives the same bytes)."""
     figure, ax = plt.subplots(figsize=(5.2, 3.4), dpi=90)
     try:
-        PLOTS[name](ax, stats)
+        draw(ax)
         figure.tight_layout()
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", metadata={"Software": None})
         return buffer.getvalue()
     finally:
         plt.close(figure)
+
+
+def plot_png(name: str, stats: dict[str, Any]) -> bytes:
+    """One named plot of `PLOTS` as PNG bytes."""
+    return _png(lambda ax: PLOTS[name](ax, stats))
 
 
 def _fmt(value: Any) -> str:
@@ -345,33 +350,27 @@ def _filter_rows(stats: dict[str, Any]) -> list[list[Any]]:
 def filter_png(source: str, quantity: str, entry: dict[str, Any]) -> bytes:
     """The distribution of one filtered quantity of one source (a `stats.json` `filters` entry) as PNG bytes:
     all measured values, the part a filter on the quantity cut, and each threshold as a vertical line."""
-    figure, ax = plt.subplots(figsize=(5.2, 3.4), dpi=90)
-    try:
-        histogram = entry["histogram"]
-        edges = histogram["bin_edges"]
-        logarithmic = edges[-1] > 1.0
-        left = [max(edge, 0.5) for edge in edges[:-1]] if logarithmic else edges[:-1]
-        widths = [b - a for a, b in zip(left, edges[1:], strict=True)]
-        ax.bar(left, histogram["counts"], width=widths, align="edge", color="#4c72b0", label="measured")
-        ax.bar(left, histogram["cut_counts"], width=widths, align="edge", color="#c44e52", label="cut")
-        for name, value in entry["filters"].items():
-            ax.axvline(value, color="#222", linestyle="--", linewidth=1)
-            ax.annotate(
-                name, (value, 1), xycoords=("data", "axes fraction"), fontsize=7, rotation=90, va="top"
-            )
-        if logarithmic:
-            ax.set_xscale("log", base=2)
-            used = [i for i, count in enumerate(histogram["counts"]) if count]
-            if used:
-                ax.set_xlim(max(edges[max(used[0] - 1, 0)], 0.5), edges[min(used[-1] + 2, len(edges) - 1)])
-        ax.set_title(f"{source}: {quantity}")
-        ax.legend(fontsize=7)
-        figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", metadata={"Software": None})
-        return buffer.getvalue()
-    finally:
-        plt.close(figure)
+    return _png(lambda ax: _filtered(ax, source, quantity, entry))
+
+
+def _filtered(ax: Axes, source: str, quantity: str, entry: dict[str, Any]) -> None:
+    histogram = entry["histogram"]
+    edges = histogram["bin_edges"]
+    logarithmic = edges[-1] > 1.0
+    left = [max(edge, 0.5) for edge in edges[:-1]] if logarithmic else edges[:-1]
+    widths = [b - a for a, b in zip(left, edges[1:], strict=True)]
+    ax.bar(left, histogram["counts"], width=widths, align="edge", color="#4c72b0", label="measured")
+    ax.bar(left, histogram["cut_counts"], width=widths, align="edge", color="#c44e52", label="cut")
+    for name, value in entry["filters"].items():
+        ax.axvline(value, color="#222", linestyle="--", linewidth=1)
+        ax.annotate(name, (value, 1), xycoords=("data", "axes fraction"), fontsize=7, rotation=90, va="top")
+    if logarithmic:
+        ax.set_xscale("log", base=2)
+        used = [i for i, count in enumerate(histogram["counts"]) if count]
+        if used:
+            ax.set_xlim(max(edges[max(used[0] - 1, 0)], 0.5), edges[min(used[-1] + 2, len(edges) - 1)])
+    ax.set_title(f"{source}: {quantity}")
+    ax.legend(fontsize=7)
 
 
 def _filters_html(stats: dict[str, Any]) -> list[str]:

@@ -82,7 +82,9 @@ def write_corpus(folder: Path, split_a: list[int]) -> Path:
 
 
 def run(config: Path) -> tuple[dict, pa.Table, pa.Table]:
-    assert pretokenize.run(load_config(config), out_stream=io.StringIO()) == 0
+    printed = io.StringIO()
+    assert pretokenize.run(load_config(config), out_stream=printed) == 0
+    (config.parent / "printed.txt").write_text(printed.getvalue())
     out = config.parent / "out"
     manifest = json.loads((out / "manifest.json").read_text())
     rows = pa.concat_tables(pq.read_table(out / e["path"]) for e in manifest["shards"])
@@ -148,6 +150,8 @@ def test_filters_and_dedup_in_the_job(ray_session, tmp_path):
     }
     out = config.parent / "out"
     assert verify(str(out)).ok
+    printed = (config.parent / "printed.txt").read_text()
+    assert "filters: 3 of 11 measured samples dropped" in printed and "dedup: 5 duplicates dropped" in printed
 
     # Every sample that reached the filters has its measurements, and the report plots them with the cut.
     measured = pa.concat_tables(pq.read_table(out / e["path"]) for e in manifest["filters"]["measurements"])

@@ -36,8 +36,9 @@ def png(width: int, height: int) -> dict:
     }
 
 
-def row_of(source: str, key: str, kind: str, content: list[dict], images: list[dict] = ()) -> dict:
-    sample = {
+def sample_of(source: str, key: str, kind: str, content: list[dict], images: list[dict] = ()) -> dict:
+    """A `schemas.sample` row without regions or meta."""
+    return {
         "sample_id": sample_id_for(source, key),
         "source": source,
         "key": key,
@@ -47,6 +48,10 @@ def row_of(source: str, key: str, kind: str, content: list[dict], images: list[d
         "regions": [],
         "meta": "{}",
     }
+
+
+def row_of(source: str, key: str, kind: str, content: list[dict], images: list[dict] = ()) -> dict:
+    sample = sample_of(source, key, kind, content, images)
     built = build(sample, TOK, options=SequenceOptions())
     assert built.reject is None, built.reject
     return built.rows[0]

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
+from shard_support import sample_of
 
 from pipeline import dedup
 from pipeline.dedup import DedupOptions
@@ -41,17 +42,7 @@ def image_ref(index: int, turn: int = 0, role: str | None = None) -> dict:
 
 
 def sample(source: str, key: str, content: list[dict], images: list[dict] = (), kind: str = "") -> dict:
-    kind = kind or ("caption" if images else "text")
-    return {
-        "sample_id": sample_id_for(source, key),
-        "source": source,
-        "key": key,
-        "kind": kind,
-        "content": content,
-        "images": list(images),
-        "regions": [],
-        "meta": "{}",
-    }
+    return sample_of(source, key, kind or ("caption" if images else "text"), content, images)
 
 
 def caption(source: str, key: str, words: str, data: bytes) -> dict:
