@@ -134,7 +134,7 @@ def run(config: JobConfig, overwrite: bool = False, out_stream: Any = None) -> i
         )
         return 2
     if overwrite:
-        for folder in (shards.MANIFEST, "shards", "rejects", "stats", STAGING):
+        for folder in (shards.MANIFEST, "shards", "rejects", "filters", "stats", STAGING):
             out.delete(folder)
     _claim_staging(out, identity)
 

@@ -53,8 +53,14 @@ class MultiHeadAttention(nn.Module):
         self.o_proj = nn.Linear(width, shape.hidden_size, bias=bias)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        documents: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``documents`` is unused: attention here always follows ``mask``."""
         batch, seq, _ = x.shape
         q = self.q_proj(x).view(batch, seq, self.heads, self.head_dim)
         k = self.k_proj(x).view(batch, seq, self.heads, self.head_dim)
@@ -111,8 +117,15 @@ class MultiHeadLatentAttention(nn.Module):
         return self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        documents: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``documents``: ``documents_from_mask(mask, ...)`` when the caller has it (the decoder computes it
+        once for all layers); derived here when the kernel runs and it is not given."""
         batch, seq, _ = x.shape
         q = self._queries(x).view(batch, seq, self.heads, self.nope_dim + self.rope_dim)
         q_nope, q_rope = q.split([self.nope_dim, self.rope_dim], dim=-1)
@@ -131,8 +144,9 @@ class MultiHeadLatentAttention(nn.Module):
             keys = torch.cat((latent[:, :, None, :], k_rope), dim=-1)
             # The (forward-only) Triton kernel takes documents; the torch path keeps the batched SDPA.
             kernel = use_triton(x) and not needs_autograd(queries, keys)
-            documents = documents_from_mask(mask, batch, seq, x.device) if kernel else None
-            if documents is None:
+            if kernel and documents is None:
+                documents = documents_from_mask(mask, batch, seq, x.device)
+            if not kernel or documents is None:
                 context = _attend(queries, keys, latent[:, :, None, :], mask, self.scale)
             else:
                 context = mla_attention(

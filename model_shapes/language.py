@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from model_shapes.attention import MultiHeadAttention, MultiHeadLatentAttention
-from model_shapes.masks import attention_mask_4d, default_position_ids
+from model_shapes.kernels import use_triton
+from model_shapes.masks import attention_mask_4d, default_position_ids, documents_from_mask
 from model_shapes.moe import MoE, SwiGLU
 from model_shapes.norm import RMSNorm
 from model_shapes.rope import rope_angles
@@ -30,9 +31,14 @@ class DecoderLayer(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        documents: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        attended = self.self_attn(self.input_layernorm(x), cos, sin, mask)
+        attended = self.self_attn(self.input_layernorm(x), cos, sin, mask, documents)
         normed, x = self.post_attention_layernorm(attended, residual=x)
         return x + self.mlp(normed)
 
@@ -42,6 +48,7 @@ class DecoderModel(nn.Module):
 
     def __init__(self, shape: LanguageShape) -> None:
         super().__init__()
+        self.use_mla = shape.use_mla
         self.rope_dim = shape.qk_rope_head_dim if shape.use_mla else shape.head_dim
         self.rope_theta = shape.rope_theta
         self.embed_tokens = nn.Embedding(shape.vocab_size, shape.hidden_size)
@@ -64,9 +71,15 @@ class DecoderModel(nn.Module):
             position_ids = default_position_ids(batch, seq, device, cu_seqlens)
         cos, sin = rope_angles(position_ids.to(device), self.rope_dim, self.rope_theta, inputs_embeds.dtype)
         mask = attention_mask_4d(attention_mask, cu_seqlens, batch, seq, device)
+        # The MLA kernel takes the mask as documents: derived once here, not in every layer.
+        documents = (
+            documents_from_mask(mask, batch, seq, device)
+            if self.use_mla and use_triton(inputs_embeds)
+            else None
+        )
         x = inputs_embeds
         for layer in self.layers:
-            x = layer(x, cos, sin, mask)
+            x = layer(x, cos, sin, mask, documents)
         return self.norm(x)
 
 

@@ -344,8 +344,14 @@ def verify(
         if _check_file(out, entry, shard_schema.SCHEMA, report):
             report.shard_files += 1
             report.shard_rows += _scan_shard(out, entry, expected, counted, report, batch_rows)
+    reject_version = manifest.get("schema_versions", {}).get("reject", reject_schema.SCHEMA_VERSION)
+    try:
+        rejects_schema = reject_schema.schema_for_version(reject_version)
+    except ValueError as error:
+        report.add(MANIFEST, str(error))
+        rejects_schema = reject_schema.SCHEMA
     for entry in manifest["rejects"]:
-        if _check_file(out, entry, reject_schema.SCHEMA, report):
+        if _check_file(out, entry, rejects_schema, report):
             report.reject_files += 1
             report.reject_rows += _scan_rejects(out, entry, counted, report, batch_rows)
     measurements = list((manifest.get("filters") or {}).get("measurements", []))

@@ -85,6 +85,18 @@ SCHEMA = pa.schema(
 )
 
 
+def schema_for_version(version: int) -> pa.Schema:
+    """The reject schema an output of `version` was written with: 1 lacks the `value` column (outputs
+    made before filters existed), 2 is `SCHEMA`. ValueError for any other version."""
+    if version == SCHEMA_VERSION:
+        return SCHEMA
+    if version == 1:
+        return SCHEMA.remove(SCHEMA.get_field_index("value")).with_metadata(
+            {"vl2prep.schema": "reject", "vl2prep.schema_version": "1"}
+        )
+    raise ValueError(f"unknown reject schema version {version!r}; known: 1, {SCHEMA_VERSION}")
+
+
 def reject(
     source: str,
     key: str,

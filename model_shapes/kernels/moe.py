@@ -65,7 +65,7 @@ def moe_experts(
     """
     groups = (w_gate, w_up, w_down)
     parts = [w for group in groups for w in ([group] if isinstance(group, torch.Tensor) else group)]
-    if use_triton(x, index, weight) and not needs_autograd(x, *parts):
+    if use_triton(x, index, weight) and not needs_autograd(x, weight, *parts):
         from model_shapes.kernels._moe_triton import moe_experts_triton
 
         if all(isinstance(group, torch.Tensor) for group in groups):
@@ -82,7 +82,8 @@ class StackedExperts:
     """The experts' weights stacked into [E, I, H] / [E, I, H] / [E, H, I] tensors for the kernels, built on
     first use and rebuilt when any expert parameter is replaced (``to()``, ``load_state_dict(assign=True)``)
     or changed in place (``load_state_dict``, an optimizer step): each parameter's identity, storage and
-    version counter are compared on every call.
+    version counter are compared on every call (inference tensors have no version counter: for them a change
+    in place inside inference mode goes unseen).
 
     The stack is a copy: it costs the memory of the routed experts' weights once more, in exchange for the
     per-expert ``experts.{e}.*_proj.weight`` parameters (and state-dict keys) staying those of the release.
@@ -97,7 +98,7 @@ class StackedExperts:
         self, w_gate: Sequence[torch.Tensor], w_up: Sequence[torch.Tensor], w_down: Sequence[torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stacked (gate, up, down), from the cache when no parameter changed since it was built."""
-        key = tuple((id(w), w.data_ptr(), w._version) for w in (*w_gate, *w_up, *w_down))
+        key = tuple((id(w), w.data_ptr(), _version(w)) for w in (*w_gate, *w_up, *w_down))
         if self._stacked is None or key != self._key:
             self._stacked = None  # free the stale copy before the new one is built
             with torch.no_grad():
@@ -108,6 +109,12 @@ class StackedExperts:
                 )
             self._key = key
         return self._stacked
+
+
+def _version(tensor: torch.Tensor) -> int:
+    """The tensor's version counter; inference tensors have none (and cannot be changed in place outside
+    inference mode), so only their identity and storage tell a change."""
+    return -1 if tensor.is_inference() else tensor._version
 
 
 __all__ = ["ExpertWeights", "StackedExperts", "moe_experts", "moe_experts_reference"]

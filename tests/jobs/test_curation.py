@@ -180,6 +180,11 @@ def test_filters_and_dedup_in_the_job(ray_session, tmp_path):
     assert any("differs from the manifest" in m for m in messages)
     assert any("filter measurements drop {}" in m for m in messages)
 
+    # Replaced with --overwrite by a config without filters: no measurement of the old run stays behind.
+    config.write_text("".join(line for line in config.read_text().splitlines(True) if "filters:" not in line))
+    assert pretokenize.run(load_config(config), overwrite=True, out_stream=io.StringIO()) == 0
+    assert not (out / "filters").exists() and verify(str(out)).ok
+
 
 def test_the_kept_copy_does_not_depend_on_the_partitioning(ray_session, tmp_path):
     for split in ([], [2, 4, 9, 10]):

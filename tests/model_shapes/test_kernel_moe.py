@@ -14,6 +14,7 @@ import torch
 import model_shapes
 import model_shapes.kernels._moe_triton as moe_triton
 import model_shapes.kernels._rmsnorm_triton as rmsnorm_triton
+import model_shapes.language as language
 from model_shapes.kernels import use_kernels
 from model_shapes.kernels.moe import StackedExperts, moe_experts, moe_experts_reference
 from model_shapes.language import CausalLM
@@ -86,6 +87,9 @@ def test_stacked_weights_are_cached_until_a_parameter_changes() -> None:
     experts[0].weight = torch.nn.Parameter(torch.zeros(3, 4))  # replaced, as load_state_dict(assign=True)
     weights = [e.weight for e in experts]
     assert torch.equal(stack.get(weights, weights, weights)[2][0], torch.zeros(3, 4))
+    with torch.inference_mode():  # a model built for inference: its tensors have no version counter
+        frozen = [torch.ones(3, 4) for _ in range(2)]
+    assert torch.equal(stack.get(frozen, frozen, frozen)[0], torch.ones(2, 3, 4))
 
 
 def _counted(monkeypatch: pytest.MonkeyPatch, module: ModuleType, name: str) -> list[int]:
@@ -117,7 +121,10 @@ def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
         got = moe_experts(x, index, weight, *per_expert, stack)
         assert calls == [1]
         moe_experts(x, index, weight, *per_expert[:2], [w.requires_grad_() for w in per_expert[2]])
-    assert calls == [1]  # autograd needs the reference
+        frozen = [[w.detach() for w in group] for group in per_expert]
+        trained_router = moe_experts(x, index, weight.clone().requires_grad_(), *frozen)
+    assert calls == [1]  # autograd needs the reference, for the router's weights too
+    assert trained_router.grad_fn is not None
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -138,8 +145,10 @@ def test_toy_language_model_with_the_kernels_equals_torch(monkeypatch: pytest.Mo
     embeds = torch.randn(2, 9, shape.hidden_size).half()
     with torch.no_grad(), use_kernels("torch"):
         expected = model(embeds)
+    derived = _counted(monkeypatch, language, "documents_from_mask")
     with torch.no_grad(), use_kernels("triton"):
         got = model(embeds)
+    assert len(derived) == 1  # the mask becomes documents once per forward, not once per layer
     # the final norm, and per layer: input, q_a, kv_a, post-attention norms; one MoE layer
     assert {name: len(made) for name, made in calls.items()} == {
         "moe": 1,

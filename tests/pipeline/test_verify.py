@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 from shard_support import (
     EXPECTED,
     IMG,
@@ -92,6 +94,25 @@ def test_a_clean_output_verifies(tmp_path):
     report = verify.verify(str(small_output(tmp_path)))
     assert report.ok, [str(p) for p in report.problems]
     assert (report.shard_files, report.shard_rows, report.reject_files, report.reject_rows) == (2, 8, 1, 1)
+
+
+def test_an_output_written_before_the_value_column_still_verifies(tmp_path):
+    """Reject schema 1 (no `value` column) is what outputs made before filters existed hold."""
+    out = small_output(tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = manifest["rejects"][0]
+    path = out / entry["path"]
+    pq.write_table(pq.read_table(path).drop_columns(["value"]), path)
+    entry["bytes"], entry["sha256"] = path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest["schema_versions"] = {"reject": 1}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert verify.verify(str(out)).ok
+    manifest["schema_versions"] = {"reject": 2}  # the old file under the new version's name is wrong
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert any("schema differs" in str(p) for p in verify.verify(str(out)).problems)
+    manifest["schema_versions"] = {"reject": 7}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert any("unknown reject schema version 7" in str(p) for p in verify.verify(str(out)).problems)
 
 
 def test_an_edited_row_with_a_consistent_checksum_is_named(tmp_path):
