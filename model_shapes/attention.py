@@ -150,7 +150,12 @@ class MultiHeadLatentAttention(nn.Module):
                 context = _attend(queries, keys, latent[:, :, None, :], mask, self.scale)
             else:
                 context = mla_attention(
-                    queries.flatten(0, 1), keys.flatten(0, 2), self.rank, self.scale, documents
+                    queries.flatten(0, 1),
+                    keys.flatten(0, 2),
+                    self.rank,
+                    self.scale,
+                    documents,
+                    check_bounds=False,
                 ).view(batch, seq, self.heads, self.rank)
             out = torch.einsum("bshr,hvr->bshv", context, w_uv)
         else:

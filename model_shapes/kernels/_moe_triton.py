@@ -147,7 +147,10 @@ def moe_experts_triton(
     # Sort the picks by expert and give each expert a run of whole tiles: pick i of expert e (in sorted order)
     # goes to row padded_start[e] + i - start[e]; rows left over hold slot -1.
     expert_of_pick = index.flatten()
-    counts = torch.bincount(expert_of_pick, minlength=experts)
+    # scatter_add, not bincount: bincount reads the largest id back to the host, a sync on every call
+    counts = torch.zeros(experts, dtype=torch.long, device=x.device).scatter_add_(
+        0, expert_of_pick, torch.ones_like(expert_of_pick)
+    )
     padded_counts = (counts + block_m - 1) // block_m * block_m
     padded_end = padded_counts.cumsum(0)
     order = expert_of_pick.argsort(stable=True)

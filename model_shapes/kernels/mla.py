@@ -21,7 +21,9 @@ import torch
 from model_shapes.kernels import needs_autograd, use_triton
 
 
-def _check(q: torch.Tensor, kv: torch.Tensor, rank: int, cu_seqlens: torch.Tensor) -> None:
+def _check(
+    q: torch.Tensor, kv: torch.Tensor, rank: int, cu_seqlens: torch.Tensor, bounds: bool = True
+) -> None:
     if q.dim() != 3 or kv.dim() != 2 or kv.shape != (q.shape[0], q.shape[2]):
         raise ValueError(
             f"mla_attention: q must be [tokens, heads, width] and kv [tokens, width], "
@@ -35,7 +37,10 @@ def _check(q: torch.Tensor, kv: torch.Tensor, rank: int, cu_seqlens: torch.Tenso
         raise ValueError(
             f"mla_attention: cu_seqlens must be 1-D with ≥ 2 entries, got {tuple(cu_seqlens.shape)}"
         )
-    # The kernel reads keys at these bounds: check them rather than read outside the tensors.
+    # The kernel reads keys at these bounds: check them rather than read outside the tensors (this reads
+    # them back to the host: callers whose bounds are right by construction skip it).
+    if not bounds:
+        return
     if cu_seqlens[0] != 0 or cu_seqlens[-1] != q.shape[0] or bool((cu_seqlens[1:] < cu_seqlens[:-1]).any()):
         raise ValueError(
             f"mla_attention: cu_seqlens must rise from 0 to tokens={q.shape[0]}, got {cu_seqlens.tolist()}"
@@ -68,15 +73,21 @@ def mla_attention_reference(
 
 
 def mla_attention(
-    q: torch.Tensor, kv: torch.Tensor, rank: int, scale: float, cu_seqlens: torch.Tensor
+    q: torch.Tensor,
+    kv: torch.Tensor,
+    rank: int,
+    scale: float,
+    cu_seqlens: torch.Tensor,
+    check_bounds: bool = True,
 ) -> torch.Tensor:
     """Attention of ``q`` against the shared key ``kv`` (values: its first ``rank`` columns) within the
     documents of ``cu_seqlens`` (see the module docstring): the Triton kernel when the backend says so
     (:func:`model_shapes.kernels.use_triton`) and no gradient is needed (it is forward-only), the torch
-    reference otherwise."""
+    reference otherwise. ``check_bounds=False`` skips reading ``cu_seqlens`` back to check it, for bounds
+    that are right by construction (:func:`model_shapes.masks.documents_from_mask`)."""
     if needs_autograd(q, kv) or not use_triton(q, kv):
         return mla_attention_reference(q, kv, rank, scale, cu_seqlens)
-    _check(q, kv, rank, cu_seqlens)
+    _check(q, kv, rank, cu_seqlens, bounds=check_bounds)
     from model_shapes.kernels._mla_triton import mla_forward
 
     starts = document_starts(cu_seqlens.to(q.device), q.shape[0]).to(torch.int32)

@@ -178,9 +178,9 @@ def test_right_padding_has_no_documents() -> None:
 def test_mla_block_with_the_kernel_equals_torch(layout: str, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
 
-    def counted(q: torch.Tensor, *args: object) -> torch.Tensor:
+    def counted(q: torch.Tensor, *args: object, **options: bool) -> torch.Tensor:
         calls.append(q.shape[0])
-        return mla_attention(q, *args)
+        return mla_attention(q, *args, **options)
 
     monkeypatch.setattr(model_shapes.attention, "mla_attention", counted)
     torch.manual_seed(0)
