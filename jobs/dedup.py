@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from pipeline import dedup, shards
 
-__all__ = ["DONE", "DUPLICATES", "KEYS_PER_BUCKET", "run_dedup"]
+__all__ = ["DONE", "DUPLICATES", "KEYS_PER_BUCKET", "duplicates_path", "run_dedup", "staged_duplicates"]
 
 DONE = f"{shards.STAGING}/dedup.json"
 DUPLICATES = f"{shards.STAGING}/duplicates"

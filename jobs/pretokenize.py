@@ -257,11 +257,11 @@ class SequencePartition:
         chosen = self.config.filters[index]
         if chosen:
             measured = filters.measure(samples, chosen.quantities, self.config.shape, self.tokenizer)
-            keep, dropped = filters.apply(chosen, samples, measured, partition.source)
-            measurements = filters.measurement_table(samples, measured, filters.dropped_by(chosen, measured))
+            dropped = filters.dropped_by(chosen, measured)
+            rejects.append(filters.reject_rows(chosen, samples, measured, dropped, partition.source))
+            measurements = filters.measurement_table(samples, measured, dropped)
             out.write_table(partition.staged("measures"), measurements, STAGING_COMPRESSION)
-            samples = samples.filter(keep)
-            rejects.append(dropped)
+            samples = samples.filter(pc.is_null(dropped))
         rows, built_rejects = self.builders[index].build_table(samples)
         rejects.append(built_rejects)
         rejected_table = pa.concat_tables(rejects)

@@ -4,8 +4,9 @@ A source turns filters on under `sources[i].filters` in the job config, a mappin
 threshold; every filter is off unless configured (a null threshold is off too). `parse_filters` validates
 that mapping before any work starts. Per batch of samples (`schemas.sample` rows), `measure` computes the
 quantities the configured filters read, one nullable column each, and `apply` turns them into a keep mask
-and one `schemas.reject` row (stage `filter`) per dropped sample. The measured quantities are kept per
-sample, with the filter that dropped it (`dropped_by`), so that the statistics report can plot each
+and one `schemas.reject` row (stage `filter`) per dropped sample; a caller that also keeps the measurements
+computes `dropped_by` once and passes it to `reject_rows` and `measurement_table`. The measured quantities
+are kept per sample, with the filter that dropped it, so that the statistics report can plot each
 distribution with its threshold cut.
 
 | filter | keeps | threshold | reject reason |
@@ -83,6 +84,7 @@ __all__ = [
     "measure",
     "measurement_table",
     "parse_filters",
+    "reject_rows",
 ]
 
 
@@ -395,15 +397,21 @@ def dropped_by(filters: Filters, measured: pa.Table) -> pa.Array:
 
 
 def apply(filters: Filters, samples: pa.Table, measured: pa.Table, source: str) -> tuple[pa.Array, pa.Table]:
-    """The keep mask of `samples` (boolean, never null) and the reject table (`schemas.reject.SCHEMA`) of the
-    samples dropped, in row order: stage "filter", the deciding filter's reason code, its quantity as
-    `value`, and a detail naming filter, threshold and value ("min_image_side 32: smallest image side
-    12 px"). `measured` is `measure(samples, filters.quantities, ...)`, row for row."""
+    """The keep mask of `samples` (boolean, never null) and the reject table of the samples dropped
+    (`reject_rows`). `measured` is `measure(samples, filters.quantities, ...)`, row for row."""
+    dropped = dropped_by(filters, measured)
+    return pc.is_null(dropped), reject_rows(filters, samples, measured, dropped, source)
+
+
+def reject_rows(
+    filters: Filters, samples: pa.Table, measured: pa.Table, dropped: pa.Array, source: str
+) -> pa.Table:
+    """The reject table (`schemas.reject.SCHEMA`) of the samples `dropped` (`dropped_by(filters, measured)`)
+    names, in row order: stage "filter", the deciding filter's reason code, its quantity as `value`, and a
+    detail naming filter, threshold and value ("min_image_side 32: smallest image side 12 px")."""
     if measured.num_rows != samples.num_rows:
         raise ValueError(f"measured has {measured.num_rows} rows for {samples.num_rows} samples")
-    dropped = dropped_by(filters, measured)
-    keep = pc.is_null(dropped)
-    indices = np.flatnonzero(~keep.to_numpy(zero_copy_only=False))
+    indices = np.flatnonzero(pc.is_valid(dropped).to_numpy(zero_copy_only=False))
     rejects: list[dict] = []
     if len(indices):
         picked = pa.array(indices, pa.int64())
@@ -419,7 +427,7 @@ def apply(filters: Filters, samples: pa.Table, measured: pa.Table, source: str) 
                     source, id_row["key"], "filter", spec.reason, detail, id_row["sample_id"], float(value)
                 )
             )
-    return keep, reject_schema.to_table(rejects)
+    return reject_schema.to_table(rejects)
 
 
 def measurement_table(samples: pa.Table, measured: pa.Table, dropped: pa.Array) -> pa.Table:

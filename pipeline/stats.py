@@ -524,12 +524,12 @@ def filter_partial(rows: pa.Table | pa.RecordBatch) -> Partial:
     partial = Partial()
     names = rows.schema.names
     source = _numpy(rows.column("source")).astype(str)
-    dropped = np.asarray(rows.column("dropped_by").fill_null("").to_pylist(), dtype=str)
+    dropped = _numpy(rows.column("dropped_by").fill_null("")).astype(str)
     for quantity in FILTER_SCALES:
         if quantity not in names:
             continue
         column = rows.column(quantity)
-        present = ~np.asarray(column.is_null().to_pylist(), dtype=bool)
+        present = _numpy(column.is_valid())
         if not present.any():
             continue
         values = _numpy(column.fill_null(0)).astype(np.float64)
