@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from jobs import dedup as stage  # noqa: E402
-from jobs.ray_runtime import start_ray, task_cpus  # noqa: E402
+from jobs.ray_runtime import start_ray, stop_ray, task_cpus  # noqa: E402
 from pipeline import dedup, shards  # noqa: E402
 from schemas import sample as sample_schema  # noqa: E402
 
@@ -167,7 +167,7 @@ def ours(pool: multiprocessing.pool.Pool, buckets: int) -> set[tuple[int, int]]:
 
 def ray_stage(cpus: int, repeat: int, folder: str) -> tuple[float, set[tuple[int, int]]]:
     """Best seconds of the job's dedup stage on an embedded Ray of `cpus` CPUs, and what it dropped."""
-    import ray  # after `jobs`, which sets Ray's environment
+    import ray  # start_ray below sets Ray's environment, also for a ray imported before it
 
     out = shards.OutputDir(folder)
     keyed = []
@@ -191,7 +191,7 @@ def ray_stage(cpus: int, repeat: int, folder: str) -> tuple[float, set[tuple[int
             if found is not None:
                 dropped |= set(zip(found["partition"].to_pylist(), found["row"].to_pylist(), strict=True))
     finally:
-        ray.shutdown()
+        stop_ray()
     return best, dropped
 
 

@@ -29,13 +29,14 @@ def golden_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray for the whole suite (2 CPUs, small object store, no dashboard), shut down at the end.
-    Jobs run in-process find it initialised and reuse it."""
+    """One embedded Ray for the whole suite (2 CPUs, small object store, no dashboard, token
+    authentication), stopped at the end with its session folder removed. Jobs run in-process find it
+    initialised and reuse it."""
+    from jobs.ray_runtime import start_ray, stop_ray
+
+    start_ray(num_cpus=2, object_store_memory=512 * 2**20)  # sets Ray's environment, then imports ray
     import ray
 
-    from jobs.ray_runtime import start_ray  # sets Ray's environment before ray is imported
-
     ray.data.DataContext.get_current().enable_progress_bars = False
-    start_ray(num_cpus=2, object_store_memory=512 * 2**20)
     yield ray
-    ray.shutdown()
+    stop_ray()
