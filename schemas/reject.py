@@ -37,13 +37,17 @@ REASONS: dict[str, str] = {
     "missing_field": "a required field of the format is absent or null",
     "bad_field": "a field has the wrong type or an impossible value",
     "unsafe_member": "a tar member with an absolute name, '..', a link or a device: never extracted",
+    "record_too_large": "a JSON line, JSON array element or tar text/JSON member over max_record_bytes",
     # image
-    "missing_image": "an image file referenced by the record does not exist",
+    "missing_image": "an image file referenced by the record does not exist or is not a regular file (a "
+    "folder, FIFO, device)",
+    "outside_root": "an image file whose real path (symlinks resolved) is outside images_root: never opened",
     "empty_image": "an image file of zero bytes",
     "unreadable_image": "image bytes in an unknown format or corrupt",
     "truncated_image": "image bytes that end before the image does",
     "zero_size_image": "an image with a zero-sized side",
-    "image_too_large": "an image with more pixels than the configured maximum (decompression bomb guard)",
+    "image_too_large": "an image with more pixels than max_image_pixels or more bytes than max_image_bytes "
+    "(decompression bomb guard)",
     # sample
     "bad_text": "text that is not valid UTF-8 or contains NUL characters",
     "empty_text": "an empty caption, turn or document where text is required",

@@ -115,10 +115,13 @@ def options_table() -> list[tuple[str, str, str, str]]:
     for name, reader_format in READERS.items():
         for option_field in dataclasses.fields(reader_format.options):
             default = option_field.default
-            shown = (
-                "null"
-                if default is None
-                else (f"[{', '.join(default)}]" if isinstance(default, tuple) else str(default))
-            )
+            if default is None:
+                shown = "null"
+            elif isinstance(default, bool):
+                shown = "true" if default else "false"
+            elif isinstance(default, tuple):
+                shown = f"[{', '.join(default)}]"
+            else:
+                shown = str(default)
             rows.append((name, option_field.name, shown, option_field.metadata["doc"]))
     return rows

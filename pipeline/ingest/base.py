@@ -25,6 +25,17 @@ config's folder). A path may also be a URI that `pyarrow.fs` understands (`file:
 percent-encoded); every file access goes through `pyarrow.fs`. The source root is the folder of
 `path` (the folder itself, or for a glob the folder before its first wildcard); keys and stored
 paths are relative to it or to `images_root`, so rows never depend on where a corpus lives.
+
+Confinement: a file is read only inside its declared root. On a local file system (plain paths and
+`file://` URIs) a file that a folder or glob lists, a record names or a map points to is opened by its
+real path (symlinks resolved), only when that lies inside the real path of its root (the source root
+for input files, `images_root` for images; `open_input` and `real_path_inside` check it and raise
+`OutsideRoot`), and only when it is a regular file (a FIFO, device or socket is never opened, so a read
+cannot block). Listing does not enter symlinked folders unless the source sets `follow_symlinks: true`;
+even then only those that resolve inside the source root, and a folder reached twice is walked once
+(folders reached through no symlink first); a file reached by several names (a symlink to another
+listed file) is listed once. A `path` that names one file must resolve inside its own folder. Object
+stores have no symlinks: their paths are checked lexically, as record paths are.
 """
 
 from __future__ import annotations
@@ -32,10 +43,12 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import functools
+import heapq
 import math
 import os
 import posixpath
 import re
+import stat
 import types
 import typing
 from collections.abc import Callable, Collection, Generator, Iterator, Mapping
@@ -45,6 +58,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 from PIL import Image
 
+from pipeline import images
 from schemas import reject as reject_schema
 from schemas import sample as sample_schema
 
@@ -55,6 +69,7 @@ __all__ = [
     "Format",
     "ImageOptions",
     "Options",
+    "OutsideRoot",
     "Reader",
     "SourceConfig",
     "filesystem",
@@ -63,14 +78,26 @@ __all__ = [
     "open_input",
     "option",
     "parse_source",
+    "real_path_inside",
 ]
 
 Image.init()
-PILLOW_FORMATS = tuple(sorted(Image.OPEN))
+FORMAT_OPENERS: dict[str, str] = {name: name for name in Image.OPEN}
+"""Container format (Pillow's name) → the Pillow opener that reads it. MPO (multi-picture JPEG, as
+phone cameras write) has no opener of its own: JPEG's opener reads it and reports "MPO"."""
+if "MPO" not in Image.OPEN and "JPEG" in Image.OPEN and "MPO" in Image.SAVE:
+    FORMAT_OPENERS["MPO"] = "JPEG"
+PILLOW_FORMATS = tuple(sorted(FORMAT_OPENERS))
 """Every container format the installed Pillow can open (names as Pillow spells them)."""
 
 PILLOW_MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
 """Pillow refuses to open images above this many pixels (DecompressionBombError)."""
+
+MAX_IMAGE_BYTES = 1 << 30
+"""The largest `max_image_bytes` allowed (1 GiB): image bytes go into Arrow binary columns (2 GiB per
+array) and through the object store, so one image must stay far below that."""
+MAX_RECORD_BYTES = 1 << 30
+"""The largest `max_record_bytes` allowed (1 GiB): a record is held whole while it is parsed."""
 
 SOURCE_KEYS = ("name", "format", "path", "images_root")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -79,6 +106,11 @@ GLOB_CHARACTERS = frozenset("*?[")
 
 class ConfigError(ValueError):
     """A source configuration that cannot work; the message names the key and what to change."""
+
+
+class OutsideRoot(PermissionError):
+    """A file whose real path (symlinks resolved) lies outside the root it must stay in: never opened.
+    An `OSError`, so that a reader's handling of files it cannot open covers it."""
 
 
 def option(
@@ -93,8 +125,20 @@ def option(
 class Options:
     """Options every format takes."""
 
+    follow_symlinks: bool = option(
+        False,
+        "list files in symlinked folders under a folder or glob path too (only those that resolve inside "
+        "the source root; each folder once); false: symlinked folders are not entered",
+    )
     max_records_per_file: int | None = option(
         None, "read at most this many records from each input file (null: all of them)", minimum=1
+    )
+    max_record_bytes: int = option(
+        16 << 20,
+        "largest record read, in bytes (16 MiB): a JSON Lines line, an element of a JSON array, a tar "
+        "member's text or JSON; a larger one is rejected as record_too_large and skipped unread; at most "
+        f"{MAX_RECORD_BYTES}",
+        minimum=1,
     )
 
 
@@ -108,16 +152,27 @@ class ImageOptions(Options):
         f"as image_too_large; at most {PILLOW_MAX_PIXELS}, where Pillow itself refuses",
         minimum=1,
     )
+    max_image_bytes: int = option(
+        64 << 20,
+        "largest image, in bytes (64 MiB); a larger one is rejected as image_too_large (an image file from "
+        "its size, before any byte is read, and never more than this + 1 bytes of it are read); at most "
+        f"{MAX_IMAGE_BYTES}",
+        minimum=1,
+    )
     image_check: str = option(
         "full",
-        "full: decode every image (catches truncated and corrupt data); header: read only the header "
-        "(size and format), faster",
+        "full: decode every image, which rejects truncated data, data the decoder refuses and JPEGs whose "
+        "marker structure is damaged (stray markers inside the compressed data; restart markers missing, "
+        "extra or out of order); compressed bytes that are corrupt but still decode (a flipped bit, a "
+        "zeroed stretch between restart markers) pass, as Pillow decodes them without an error; "
+        "header: read only the header (size and format), faster",
         choices=("full", "header"),
     )
     image_formats: tuple[str, ...] = option(
         ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"),
         "container formats accepted (Pillow's names); anything else is unreadable_image, so that "
-        "no other Pillow plugin (EPS, ...) ever parses corpus bytes",
+        "no other Pillow plugin (EPS, ...) ever parses corpus bytes; MPO (multi-picture JPEG) is read "
+        "by the JPEG reader: JPEG accepts MPO files too, MPO alone accepts only them",
         choices=PILLOW_FORMATS,
     )
 
@@ -194,7 +249,9 @@ class Reader:
 
     def files(self) -> list[str]:
         """The source's input files, relative to the source root, sorted."""
-        files = list_files(self.config.path, self.format.suffixes)
+        files = list_files(
+            self.config.path, self.format.suffixes, follow_symlinks=self.config.options.follow_symlinks
+        )
         if self.format.select_files is not None:
             files = self.format.select_files(self.config, files)
         return files
@@ -286,8 +343,11 @@ def parse_source(
             )
             raise ConfigError(f"{where}.{key}: {hint}")
 
+    options = _parse_options(reader_format.options, mapping, where)
     path = _resolve(mapping["path"], base_dir)
-    root = _existing_root(path, reader_format.suffixes, f"{where}.path", mapping["path"])
+    root = _existing_root(
+        path, reader_format.suffixes, f"{where}.path", mapping["path"], options.follow_symlinks
+    )
     images_root = root
     if mapping.get("images_root") is not None:
         value = mapping["images_root"]
@@ -296,11 +356,12 @@ def parse_source(
         images_root = _resolve(value, base_dir)
         if _info(images_root, f"{where}.images_root").type != pafs.FileType.Directory:
             raise ConfigError(f"{where}.images_root: {images_root} is not a folder (from {value!r})")
-    options = _parse_options(reader_format.options, mapping, where)
     config = SourceConfig(name, format_name, path, root, images_root, options)
     if reader_format.select_files is not None:
         try:
-            reader_format.select_files(config, list_files(path, reader_format.suffixes))
+            reader_format.select_files(
+                config, list_files(path, reader_format.suffixes, follow_symlinks=options.follow_symlinks)
+            )
         except ConfigError as error:
             raise ConfigError(f"{where}.{error}") from None
     return config
@@ -329,15 +390,28 @@ def _parse_options(options_class: type[Options], mapping: Mapping, where: str) -
             f"{where}.max_image_pixels: at most {PILLOW_MAX_PIXELS} (Pillow refuses larger images), "
             f"not {values['max_image_pixels']}"
         )
+    if values.get("max_image_bytes", 0) > MAX_IMAGE_BYTES:
+        raise ConfigError(
+            f"{where}.max_image_bytes: at most {MAX_IMAGE_BYTES} (1 GiB), not {values['max_image_bytes']}"
+        )
+    if values.get("max_record_bytes", 0) > MAX_RECORD_BYTES:
+        raise ConfigError(
+            f"{where}.max_record_bytes: at most {MAX_RECORD_BYTES} (1 GiB), not {values['max_record_bytes']}"
+        )
     return options_class(**values)
 
 
 def _coerce(value: object, hint: object, key: str) -> object:
-    """The YAML value checked against an option's type: int, float, str, tuple[str, ...], or `X | None`."""
+    """The YAML value checked against an option's type: bool, int, float, str, tuple[str, ...], or
+    `X | None`."""
     if isinstance(hint, types.UnionType):
         if value is None:
             return None
         (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: must be true or false, not {value!r}")
+        return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: must be an integer, not {value!r}")
@@ -382,12 +456,36 @@ def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
 
 
 def open_input(location: str, relative: str, *, random_access: bool = False) -> pa.NativeFile:
-    """Open `relative` (a posix path) under the folder `location` for reading, buffered for streams."""
+    """Open `relative` (a posix path) under the folder `location` for reading, buffered for streams.
+
+    On a local file system the file opened is the real path of `relative`, which must lie inside the
+    real path of `location` (`OutsideRoot`) and be a regular file (`images.NotARegularFile`, checked
+    before opening, so a FIFO never blocks the read); both are `OSError`s, as a missing file is."""
     fs, base = filesystem(location)
     path = posixpath.join(base, relative)
+    if isinstance(fs, pafs.LocalFileSystem):
+        path = real_path_inside(base, relative, "the source root")
+        images.check_regular_file(path, relative)
     if random_access:
         return fs.open_input_file(path)
     return fs.open_input_stream(path, buffer_size=1 << 20)
+
+
+def real_path_inside(folder: str, relative: str, root_name: str) -> str:
+    """The real path (symlinks resolved) of `relative` under the local folder `folder`, which must lie
+    inside the real path of `folder`; `OutsideRoot` otherwise, naming `relative`, where it leads and the
+    root (`root_name`, e.g. "images_root"). An absolute `relative` is taken as it is, so it passes only
+    when it too resolves inside the root."""
+    root = os.path.realpath(folder)
+    real = os.path.realpath(os.path.join(folder, relative))
+    if not _inside(real, root):
+        raise OutsideRoot(f"{relative} resolves to {real}, outside {root_name} {root}")
+    return real
+
+
+def _inside(real: str, root: str) -> bool:
+    """Whether the real path `real` is `root` or lies under it (both real, absolute paths)."""
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def _info(location: str, key: str) -> pafs.FileInfo:
@@ -413,18 +511,27 @@ def _split_glob(path: str) -> tuple[str, str | None]:
     return prefix + root, "/".join(parts[first:])
 
 
-def _existing_root(path: str, suffixes: tuple[str, ...], key: str, given: str) -> str:
-    """The source root of `path`, after checking that `path` names at least one input file."""
+def _existing_root(path: str, suffixes: tuple[str, ...], key: str, given: str, follow_symlinks: bool) -> str:
+    """The source root of `path`, after checking that `path` names at least one input file (and that a
+    local file it names resolves inside its folder, the root)."""
     root, pattern = _split_glob(path)
     if pattern is None:
         info = _info(path, key)
         if info.type == pafs.FileType.NotFound:
             raise ConfigError(f"{key}: {path} does not exist (from {given!r})")
         if info.type != pafs.FileType.Directory:
+            fs, local = filesystem(path)
+            if isinstance(fs, pafs.LocalFileSystem):
+                try:
+                    real_path_inside(os.path.dirname(local), os.path.basename(local), "its folder")
+                except OutsideRoot as error:
+                    raise ConfigError(
+                        f"{key}: {error}; name the file it links to, or a folder or glob holding it"
+                    ) from None
             return _parent(path)
         root = path
     try:
-        found = list_files(path, suffixes)
+        found = list_files(path, suffixes, follow_symlinks=follow_symlinks)
     except (OSError, ValueError, pa.ArrowException) as error:
         raise ConfigError(f"{key}: cannot list {path}: {error}") from error
     if not found:
@@ -439,10 +546,14 @@ def _parent(location: str) -> str:
     return os.path.dirname(location)
 
 
-def list_files(path: str, suffixes: tuple[str, ...]) -> list[str]:
-    """The input files `path` names, relative to its root, sorted (see the module docstring)."""
+def list_files(path: str, suffixes: tuple[str, ...], *, follow_symlinks: bool = False) -> list[str]:
+    """The input files `path` names, relative to its root, sorted (see the module docstring). On a local
+    file system FIFOs, devices and sockets are listed too (for the reader to reject), and symlinked
+    folders are entered only with `follow_symlinks`."""
     root, pattern = _split_glob(path)
     fs, base = filesystem(root)
+    if isinstance(fs, pafs.LocalFileSystem):
+        return _list_local(base, None if pattern is None else pattern.split("/"), suffixes, follow_symlinks)
     if pattern is not None:
         return sorted(set(_glob(fs, base, "", pattern.split("/"))))
     info = fs.get_file_info(base)
@@ -460,6 +571,88 @@ def list_files(path: str, suffixes: tuple[str, ...]) -> list[str]:
         ):
             found.append(relative)
     return sorted(found)
+
+
+def _list_local(
+    base: str, parts: list[str] | None, suffixes: tuple[str, ...], follow_symlinks: bool
+) -> list[str]:
+    """`list_files` on the local file system: the files under the folder `base` that the pattern
+    components `parts` match (None: the folder rule of the module docstring), or `base` itself when it
+    is not a folder. Folders reached through no symlink are walked first, then symlinked ones (entered
+    only with `follow_symlinks`, when they resolve inside `base` to a folder not walked yet) in name
+    order; a folder is walked once per pattern position (a `**` walks a folder at two), and a file
+    reached by several names is listed once, by the smallest name through no symlink, else the
+    smallest name."""
+    if parts is None:
+        try:
+            if not stat.S_ISDIR(os.stat(base).st_mode):
+                return [os.path.basename(base)]
+        except FileNotFoundError:
+            return []
+    root = os.path.realpath(base)
+    names: dict[str, tuple[bool, str]] = {}  # real path of a file → (reached through a symlink, name)
+    walked: set[tuple[str, int]] = set()  # (real path of a folder, pattern position)
+    folders: set[str] = set()  # real paths of the folders walked
+    # Folders to walk: (name relative to base, real path, pattern position, reached through a symlink).
+    direct: list[tuple[str, str, int, bool]] = [("", root, 0, False)]
+    linked: list[tuple[str, str, int, bool]] = []  # a heap: symlinked folders in name order
+    while direct or linked:
+        if direct:
+            relative, real, position, through_link = direct.pop()
+        else:
+            relative, real, position, through_link = heapq.heappop(linked)
+            if real in folders:  # a symlink to a folder walked already, by another path
+                continue
+        if (real, position) in walked:
+            continue
+        walked.add((real, position))
+        folders.add(real)
+        if parts is not None and parts[position] == "**" and position + 1 < len(parts):
+            direct.append((relative, real, position + 1, through_link))  # "**" as zero folders
+        try:
+            with os.scandir(real) as scan:
+                entries = sorted(scan, key=lambda entry: entry.name)
+        except (FileNotFoundError, NotADirectoryError):  # a glob's root that is no folder, or one gone
+            continue
+        for entry in entries:
+            descend, select = _walk_rule(parts, position, entry.name, suffixes)
+            if descend is None and not select:
+                continue
+            name = posixpath.join(relative, entry.name) if relative else entry.name
+            is_link = entry.is_symlink()
+            if entry.is_dir():  # follows a symlink
+                if descend is None:
+                    continue
+                if not is_link:
+                    direct.append((name, os.path.join(real, entry.name), descend, through_link))
+                elif follow_symlinks and _inside(target := os.path.realpath(entry.path), root):
+                    heapq.heappush(linked, (name, target, descend, True))
+            elif select and (not is_link or os.path.exists(entry.path)):  # a dangling link is no file
+                file = os.path.realpath(entry.path) if is_link else os.path.join(real, entry.name)
+                candidate = (through_link or is_link, name)
+                names[file] = min(names.get(file, candidate), candidate)
+    return sorted(name for _, name in names.values())
+
+
+def _walk_rule(
+    parts: list[str] | None, position: int, name: str, suffixes: tuple[str, ...]
+) -> tuple[int | None, bool]:
+    """For an entry `name` of a folder walked at pattern position `position`: (the position to walk it
+    at if it is a folder, None not to enter it; whether it is listed if it is a file). `parts` None: the
+    folder rule (no name starting with `.` or `_`, files by suffix); else glob rules as in `_glob`."""
+    if parts is None:
+        if name.startswith((".", "_")):
+            return None, False
+        return 0, name.endswith(suffixes)
+    part = parts[position]
+    last = position == len(parts) - 1
+    if name.startswith(".") and not part.startswith("."):
+        return None, False
+    if part == "**":
+        return position, last
+    if not fnmatch.fnmatchcase(name, part):
+        return None, False
+    return (None if last else position + 1), last
 
 
 def _glob(fs: pafs.FileSystem, base: str, relative: str, parts: list[str]) -> Iterator[str]:

@@ -5,34 +5,58 @@ A reader turns each record into a sample row (`sample_row`); any check that fail
 reject row (`reject_row`). `FileUnreadable` says the rest of an input file cannot be read at all: it
 becomes one reject row keyed by the file (`file_reject_row`).
 
+An image file (`load_image`) is opened only when its real path (symlinks resolved) lies inside the real
+`images_root` (`outside_root`) and it is a regular file (`missing_image` for a FIFO, device, socket or
+folder, which are never opened); its size is checked against `max_image_bytes` before any byte is read
+(`image_too_large`), and no more than `max_image_bytes` + 1 bytes are ever read.
+
 Images are checked in this order, and nothing is decoded before the size is known to be allowed:
-empty data (`empty_image`); the header, in one of the accepted formats (`unreadable_image`, except
+empty data (`empty_image`); more bytes than `max_image_bytes` (`image_too_large`); the header, in one
+of the accepted formats (`unreadable_image` with "not an image of an accepted format", except
 `zero_size_image` when a PNG, GIF, BMP or JPEG header declares a zero side, which Pillow refuses to
 open); a zero side; width × height against `max_image_pixels` (`image_too_large`); then, with
 `image_check: full`, the first frame is decoded (`truncated_image` when the data ends early,
 `unreadable_image` for any other decoding failure; JPEGs at 1/8 scale, which reads every byte of the
 compressed data like a full-size decode but skips most of the inverse DCT: the pixels are only
-checked, never kept). Animated or multi-frame images are accepted: the
-first frame is what the official loader uses; their frame counts go to the sample's meta (`n_frames`,
-one entry per image, only when some image has more than one frame).
+checked, never kept). Pillow's JPEG decoder passes over corrupt compressed data without an error
+(libjpeg's warnings are silenced and not counted), so a JPEG is also checked for a damaged marker
+structure (`unreadable_image`): markers that cannot occur inside the compressed data, restart markers
+out of order, without a restart interval, or not as many as the image's MCUs need. Corrupt bytes that
+still decode and break no marker (a flipped bit, a zeroed stretch between restart markers) pass.
+Animated or multi-frame images are accepted: the first frame is what the official loader uses; their
+frame counts go to the sample's meta (`n_frames`, one entry per image, only when some image has more
+than one frame).
 """
 
 from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import io
 import json
 import math
 import posixpath
+import re
 import warnings
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
-from PIL import Image
+import pyarrow.fs as pafs
+from PIL import Image, ImageFile, UnidentifiedImageError
 
-from pipeline.ingest.base import ImageOptions, Row, SourceConfig, filesystem
+from pipeline import images
+from pipeline.ingest.base import (
+    FORMAT_OPENERS,
+    ImageOptions,
+    OutsideRoot,
+    Row,
+    SourceConfig,
+    filesystem,
+    real_path_inside,
+)
 from schemas import reject as reject_schema
 from schemas import sample as sample_schema
 
@@ -165,13 +189,15 @@ def image_segment(index: int, *, turn: int = 0, role: str | None = None) -> dict
 def meta_json(meta: dict) -> str:
     """`meta` as a compact JSON object with sorted keys; values that JSON lacks are made plain
     (bytes as base64, non-finite floats as null, dates and the rest as strings). `bad_field` when it
-    is nested too deeply to serialize."""
+    is nested too deeply to serialize or holds an integer too long to write out (over 4300 digits)."""
     try:
         return json.dumps(_plain(meta), sort_keys=True, separators=(",", ":"), allow_nan=False)
     except RecursionError:
         raise Rejected(
             "read", "bad_field", "the record's other fields are nested too deeply to keep"
         ) from None
+    except ValueError as error:  # int → str refuses integers of more than 4300 digits
+        raise Rejected("read", "bad_field", f"the record's other fields cannot be kept: {error}") from None
 
 
 def _plain(value: object) -> object:
@@ -259,17 +285,34 @@ class CheckedImage:
 
 
 def load_image(config: SourceConfig, path: str) -> CheckedImage:
-    """Read and check the image file `path` (from `image_path`) under `images_root`."""
+    """Read and check the image file `path` (from `image_path`) under `images_root`: confined to it
+    and bounded (see the module docstring)."""
+    options = config.options
+    assert isinstance(options, ImageOptions)
     fs, base = filesystem(config.images_root)
+    limit = options.max_image_bytes
     try:
-        with fs.open_input_file(posixpath.join(base, path)) as file:
-            data = file.read()
+        if isinstance(fs, pafs.LocalFileSystem):
+            data = images.read_file(real_path_inside(base, path, "images_root"), limit, name=path)
+        else:  # an object store: no symlinks, no special files
+            with fs.open_input_file(posixpath.join(base, path)) as file:
+                size = file.size()
+                if size > limit:
+                    raise images.FileTooLarge(f"{path} is {size} bytes, over the limit of {limit}", size)
+                data = file.read(limit + 1)
+            if len(data) > limit:
+                raise images.FileTooLarge(f"{path} grew past the limit of {limit} bytes", len(data))
+    except OutsideRoot as error:
+        raise Rejected("image", "outside_root", str(error)) from None
+    except images.FileTooLarge as error:
+        raise Rejected("image", "image_too_large", f"{error} (max_image_bytes)") from None
+    except images.NotARegularFile as error:
+        raise Rejected("image", "missing_image", str(error)) from None
     except FileNotFoundError:
         raise Rejected("image", "missing_image", f"{path} does not exist under images_root") from None
     except (OSError, pa.ArrowException) as error:
         raise Rejected("image", "missing_image", f"{path} cannot be read as a file: {error}") from None
-    assert isinstance(config.options, ImageOptions)
-    return check_image(data, path, config.options)
+    return check_image(data, path, options)
 
 
 def check_image(data: bytes, path: str | None, options: ImageOptions) -> CheckedImage:
@@ -277,11 +320,18 @@ def check_image(data: bytes, path: str | None, options: ImageOptions) -> Checked
     name = path if path is not None else "image"
     if not data:
         raise Rejected("image", "empty_image", f"{name} has 0 bytes")
+    if len(data) > options.max_image_bytes:
+        raise Rejected(
+            "image",
+            "image_too_large",
+            f"{name} is {len(data)} bytes, over the limit of {options.max_image_bytes} (max_image_bytes)",
+        )
+    accepted = ", ".join(options.image_formats)
     # Pillow warns about what it tolerates (corrupt EXIF, large sizes): the checks below decide.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            image = Image.open(io.BytesIO(data), formats=options.image_formats)
+            image = Image.open(io.BytesIO(data), formats=_openers(options.image_formats))
         except Image.DecompressionBombError as error:
             raise Rejected("image", "image_too_large", f"{name}: {error}") from None
         except Exception as error:  # Pillow's parsers raise many types on hostile bytes.
@@ -290,13 +340,21 @@ def check_image(data: bytes, path: str | None, options: ImageOptions) -> Checked
                 raise Rejected(
                     "image", "zero_size_image", f"{name} declares {size[0]}×{size[1]} pixels"
                 ) from None
+            # No opener recognised the bytes: Pillow's message names only the in-memory file object.
+            why = "" if isinstance(error, UnidentifiedImageError) else f": {type(error).__name__}: {error}"
             raise Rejected(
-                "image",
-                "unreadable_image",
-                f"{name} is not an image in an accepted format ({', '.join(options.image_formats)}): "
-                f"{type(error).__name__}: {error}",
+                "image", "unreadable_image", f"{name} is not an image of an accepted format ({accepted}){why}"
             ) from None
         with image:
+            image_format = image.format or ""
+            if image_format.upper() not in options.image_formats and (
+                FORMAT_OPENERS.get(image_format.upper()) not in options.image_formats
+            ):
+                raise Rejected(
+                    "image",
+                    "unreadable_image",
+                    f"{name} is {image_format}, not an image of an accepted format ({accepted})",
+                )
             width, height = image.size
             if width < 1 or height < 1:
                 raise Rejected("image", "zero_size_image", f"{name} is {width}×{height} pixels")
@@ -307,10 +365,15 @@ def check_image(data: bytes, path: str | None, options: ImageOptions) -> Checked
                     f"{name} is {width}×{height} = {width * height} pixels, over max_image_pixels "
                     f"{options.max_image_pixels}",
                 )
+            if options.image_check == "full" and ImageFile.LOAD_TRUNCATED_IMAGES:
+                raise RuntimeError(
+                    "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set in this process: Pillow would accept "
+                    "truncated images, which image_check: full must reject"
+                )
             try:
                 n_frames = getattr(image, "n_frames", 1)
                 if options.image_check == "full":
-                    if image.format in ("JPEG", "MPO"):
+                    if image_format in ("JPEG", "MPO"):
                         # Decode at 1/8 scale: libjpeg still entropy-decodes all the data, so
                         # truncation and corruption show as in a full-size decode, at half the cost.
                         image.draft(None, (max(1, width // 8), max(1, height // 8)))
@@ -320,9 +383,18 @@ def check_image(data: bytes, path: str | None, options: ImageOptions) -> Checked
                 truncated = isinstance(error, EOFError) or "truncated" in str(error).lower()
                 reason = "truncated_image" if truncated else "unreadable_image"
                 raise Rejected("image", reason, f"{name} cannot be decoded: {message}") from None
-            image_format = image.format or ""
+    if options.image_check == "full" and image_format in ("JPEG", "MPO"):
+        damage = _jpeg_damage(data)
+        if damage is not None:
+            raise Rejected("image", "unreadable_image", f"{name} is a corrupt JPEG: {damage}")
     row = {"bytes": data, "path": path, "width": width, "height": height, "format": image_format}
     return CheckedImage(row, n_frames)
+
+
+@functools.lru_cache(maxsize=16)
+def _openers(formats: tuple[str, ...]) -> tuple[str, ...]:
+    """The Pillow openers that read `formats` (MPO is read by JPEG's), each once, in order."""
+    return tuple(dict.fromkeys(FORMAT_OPENERS[name] for name in formats))
 
 
 def load_entry_image(config: SourceConfig, entry: dict, what: str, separator: str = ".") -> CheckedImage:
@@ -383,6 +455,110 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
             return width, height
         position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
     return None
+
+
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xff]")
+"""A marker: 0xFF then a code (0xFF 0x00 is a stuffed data byte; 0xFF 0xFF, fill before a marker)."""
+_JPEG_NO_MCU_COUNT = frozenset({0xC3, 0xC5, 0xC6, 0xC7, 0xCB, 0xCD, 0xCE, 0xCF})
+"""Lossless and hierarchical frames, whose MCUs are not counted here."""
+
+
+def _jpeg_damage(data: bytes) -> str | None:
+    """What breaks the marker structure of the (first) JPEG image in `data`, or None.
+
+    Walks the segments up to the end-of-image marker (stray bytes between segments are passed over, as
+    libjpeg does; what follows the end-of-image marker, such as the other pictures of an MPO, is not
+    read) and, in each scan's compressed data, finds what libjpeg would meet there: a marker that cannot
+    occur there, or restart markers that are out of order, present without a restart interval, or not
+    as many as the scan's MCUs need at that interval (a restart marker right before the scan's end, an
+    empty last interval that some encoders write, is not counted). libjpeg only warns about these and
+    fills the damaged stretch with grey or garbage; Pillow reports no error.
+    """
+    frame: bytes | None = None
+    frame_marker = 0
+    interval = 0
+    scans = 0
+    position = 2
+    while True:
+        # The next marker, past fill bytes; like libjpeg, past stray bytes between segments too (they
+        # touch no pixel: libjpeg only warns about them).
+        found = _JPEG_MARKER.search(data, position)
+        if found is None:
+            return "the data ends before the end-of-image marker"
+        position = found.start()
+        marker = data[position + 1]
+        if marker == 0xD9:
+            return None if scans else "no scan before the end-of-image marker"
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a segment, harmless here
+            position += 2
+            continue
+        if marker < 0xC0 or marker == 0xD8:
+            return f"byte {position}: invalid marker 0xff{marker:02x}"
+        end = position + 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+        if end > len(data) or end < position + 4:
+            return f"byte {position}: segment 0xff{marker:02x} runs past the end of the data"
+        segment = data[position + 4 : end]
+        if marker in _JPEG_FRAME_MARKERS and frame is None:
+            frame, frame_marker = segment, marker
+        elif marker == 0xDD and len(segment) >= 2:
+            interval = int.from_bytes(segment[:2], "big")
+        elif marker == 0xDA:
+            scans += 1
+            mcus = None if frame_marker in _JPEG_NO_MCU_COUNT else _scan_mcus(frame, segment)
+            end, damage = _scan_damage(data, end, interval, mcus)
+            if damage is not None:
+                return f"scan {scans}: {damage}"
+        position = end
+
+
+def _scan_damage(data: bytes, start: int, interval: int, mcus: int | None) -> tuple[int, str | None]:
+    """(Where the compressed data of the scan starting at `start` ends: the position of the marker after
+    it; what is wrong with its restart markers, for `mcus` MCUs (None: unknown) at restart `interval`
+    (0: none), or None)."""
+    window = np.frombuffer(data, np.uint8, offset=min(start, len(data)))
+    marks = np.flatnonzero(window[:-1] == 0xFF)  # each 0xFF byte, followed by a code
+    codes = window[marks + 1]
+    restarts = (codes >= 0xD0) & (codes <= 0xD7)
+    ends = np.flatnonzero(~restarts & (codes != 0x00) & (codes != 0xFF))  # 0x00: a stuffed 0xFF byte
+    if not len(ends):
+        return len(data), "runs to the end of the data"
+    stop = start + int(marks[ends[0]])
+    found = codes[: ends[0]][restarts[: ends[0]]] - 0xD0  # RST numbers, in order
+    tail = stop
+    while tail > start and data[tail - 1] == 0xFF:
+        tail -= 1
+    if len(found) and data[tail - 2] == 0xFF and 0xD0 <= data[tail - 1] <= 0xD7:
+        found = found[:-1]  # an empty last interval
+    if len(found) and not interval:
+        return stop, f"{len(found)} restart markers but no restart interval"
+    wrong = np.flatnonzero(found != np.arange(len(found)) % 8)
+    if len(wrong):
+        index = int(wrong[0])
+        return stop, f"restart marker {index} is RST{found[index]}, RST{index % 8} was due"
+    if interval and mcus is not None and len(found) != math.ceil(mcus / interval) - 1:
+        due = math.ceil(mcus / interval) - 1
+        return stop, f"{len(found)} restart markers, {due} due for {mcus} MCUs at an interval of {interval}"
+    return stop, None
+
+
+def _scan_mcus(frame: bytes | None, scan: bytes) -> int | None:
+    """The number of MCUs of a scan (header `scan`) of the frame whose header is `frame`, or None when
+    the headers do not say (a height to come in a DNL segment, an unknown component, ...)."""
+    if frame is None or len(frame) < 6 or not scan:
+        return None
+    height, width, count = int.from_bytes(frame[1:3], "big"), int.from_bytes(frame[3:5], "big"), frame[5]
+    if len(frame) < 6 + 3 * count or not (height and width and count):
+        return None
+    sampling = {frame[6 + 3 * i]: (frame[7 + 3 * i] >> 4, frame[7 + 3 * i] & 15) for i in range(count)}
+    most_h = max(h for h, _ in sampling.values())
+    most_v = max(v for _, v in sampling.values())
+    components = scan[1 : 1 + 2 * scan[0] : 2]
+    if not (most_h and most_v and components) or any(c not in sampling for c in components):
+        return None
+    if len(components) == 1:  # a non-interleaved scan: one block per MCU
+        h, v = sampling[components[0]]
+        return math.ceil(math.ceil(width * h / most_h) / 8) * math.ceil(math.ceil(height * v / most_v) / 8)
+    return math.ceil(width / (8 * most_h)) * math.ceil(height / (8 * most_v))
 
 
 def is_finite_number(value: object) -> bool:

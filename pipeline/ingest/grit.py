@@ -20,7 +20,9 @@ with none, the file `images_root/<key>.jpg`.
   stores them as floats) (`bad_field`);
   at least one span (`missing_field`), and one at least `min_score` (`filtered`); boxes with an area
   (`degenerate_box`) overlapping the image (`box_outside_image`); the image (see `checks`;
-  `missing_field` with no image field and no `key`).
+  `missing_field` with no image field and no `key`); a JSON record of more than `max_record_bytes` is
+  `record_too_large`, skipped unread; a Parquet file without `caption` rejects each of its rows
+  (`streams.table_records`).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class GritOptions(ImageOptions):
 
 def read_file(config: SourceConfig, file: str) -> Generator[Row, None, None]:
     """One sample or reject row per row of `file`, in file order."""
-    records = table_records(config.root, file, ["caption"])
+    records = table_records(config.root, file, ["caption"], config.options.max_record_bytes)
     yield from record_rows(config, file, records, partial(_sample, config))
 
 

@@ -16,8 +16,9 @@ without any image is rejected with the first image's reason; reject: the first r
 Checks: `text_list` and `image_info` present (`missing_field`) and lists (`bad_field`); sentences
 valid text (`bad_field`, `bad_text`), not all blank (`empty_text`); each `image_info` entry an object
 with `image_name` and an integer `matched_text_index` naming a sentence (`missing_field`,
-`bad_field`); `matched_sim` a number when `min_sim` is set (`bad_field`). Key: `<file relative to the
-source root>#<record index>`.
+`bad_field`); `matched_sim` a number when `min_sim` is set (`bad_field`); a line or array element
+over `max_record_bytes` is `record_too_large`, skipped unread (`streams.json_records`). Key: `<file
+relative to the source root>#<record index>`.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class Mmc4Options(ImageOptions):
 
 def read_file(config: SourceConfig, file: str) -> Generator[Row, None, None]:
     """One sample or reject row per document of `file`, in file order."""
-    yield from record_rows(config, file, json_records(config.root, file), partial(_sample, config))
+    records = json_records(config.root, file, config.options.max_record_bytes)
+    yield from record_rows(config, file, records, partial(_sample, config))
 
 
 def _sample(config: SourceConfig, key: str, record: object) -> Row:

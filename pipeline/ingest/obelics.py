@@ -11,7 +11,12 @@ to meta. An `images` entry is one of:
 - a URL, resolved through `url_map` when set: img2dataset output tables (Parquet, under `images_root`)
   whose `url` column names the downloaded image by a `path` column (relative to `images_root`) or by
   `key` (the file `<table folder>/<table name without .parquet>/<key>.<url_map_extension>`, as
-  img2dataset lays out its shards); rows whose `status` is not `success` are left out;
+  img2dataset lays out its shards); rows whose `status` is not `success` are left out. The map is
+  confined like the rest: `url_map` must resolve inside `images_root`, the tables of a `url_map`
+  folder inside that folder (real paths, symlinks resolved; else every file is rejected as
+  `unreadable_file`), a `path` must be relative and stay inside `images_root`, a `key` must be a
+  file name (no `/`), both `bad_field` otherwise, and the image file must resolve inside
+  `images_root` (`outside_root`);
 - a URL without `url_map`: the file `images_root/<last component of the URL's path>`.
 
 Content: the non-blank texts and the usable images in document order (blank texts are left out).
@@ -43,11 +48,14 @@ from pipeline.ingest.base import (
     ConfigError,
     Format,
     ImageOptions,
+    OutsideRoot,
     Row,
     SourceConfig,
     filesystem,
     list_files,
+    open_input,
     option,
+    real_path_inside,
 )
 from pipeline.ingest.checks import (
     CheckedImage,
@@ -88,6 +96,16 @@ class ObelicsOptions(ImageOptions):
     )
 
 
+@dataclass(frozen=True)
+class _BadEntry:
+    """A `url_map` row that names no usable file, and why."""
+
+    detail: str
+
+
+UrlMap = dict[str, str | _BadEntry]
+"""A loaded `url_map`: URL → image path relative to `images_root`, or why its row names no file."""
+
 ImagePart = tuple[int, Callable[[], CheckedImage]]
 """A document image not read yet: (its position in the record, for meta `skipped_images`; a function
 returning the checked image or raising `Rejected`)."""
@@ -100,11 +118,11 @@ def read_file(config: SourceConfig, file: str) -> Generator[Row, None, None]:
     except FileUnreadable as problem:
         yield file_reject_row(config, file, problem)
         return
-    records = table_records(config.root, file, ["texts", "images"])
+    records = table_records(config.root, file, ["texts", "images"], config.options.max_record_bytes)
     yield from record_rows(config, file, records, partial(_sample, config, urls=urls))
 
 
-def _sample(config: SourceConfig, key: str, record: object, urls: dict[str, str] | None) -> Row:
+def _sample(config: SourceConfig, key: str, record: object, urls: UrlMap | None) -> Row:
     options = config.options
     assert isinstance(options, ObelicsOptions)
     if not isinstance(record, dict):
@@ -165,7 +183,7 @@ def interleaved_sample(
     return sample_row(config, key, "interleaved", content, images, meta=meta)
 
 
-def _image(config: SourceConfig, value: object, what: str, urls: dict[str, str] | None) -> CheckedImage:
+def _image(config: SourceConfig, value: object, what: str, urls: UrlMap | None) -> CheckedImage:
     assert isinstance(config.options, ObelicsOptions)
     if isinstance(value, bytes):
         return check_image(value, None, config.options)
@@ -185,14 +203,17 @@ def _image(config: SourceConfig, value: object, what: str, urls: dict[str, str] 
             raise Rejected(
                 "image", "missing_image", f"{what} {value!r:.200} is not a downloaded URL of url_map"
             )
-        return load_image(config, urls[value])
+        entry = urls[value]
+        if isinstance(entry, _BadEntry):
+            raise Rejected("read", "bad_field", f"{what} {value!r:.200}: {entry.detail}")
+        return load_image(config, image_path(entry, f"{what} {value!r:.200}: url_map path"))
     name = posixpath.basename(urllib.parse.urlsplit(value).path)
     if not name:
         raise Rejected("read", "bad_field", f"{what} {value!r:.200} is a URL without a file name")
     return load_image(config, image_path(name, f"{what} (file name of URL {value!r:.200})"))
 
 
-def _url_map(config: SourceConfig) -> dict[str, str] | None:
+def _url_map(config: SourceConfig) -> UrlMap | None:
     options = config.options
     assert isinstance(options, ObelicsOptions)
     if options.url_map is None:
@@ -204,16 +225,22 @@ def _url_map(config: SourceConfig) -> dict[str, str] | None:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_url_map(images_root: str, url_map: str, extension: str) -> dict[str, str]:
-    """URL → image path relative to `images_root`, from the img2dataset tables of `url_map`."""
-    fs, base = filesystem(images_root)
-    location = posixpath.join(base, url_map)
-    is_folder = fs.get_file_info(location).type == pafs.FileType.Directory
-    tables = list_files(location, (".parquet",)) if is_folder else [""]
-    urls: dict[str, str] = {}
-    for table_name in tables:
-        relative = posixpath.normpath(posixpath.join(url_map, table_name))
-        with fs.open_input_file(posixpath.join(base, relative)) as source:
+def _load_url_map(images_root: str, url_map: str, extension: str) -> UrlMap:
+    """URL → image path relative to `images_root` (a `path` as given, checked when used), or why the
+    row names no usable file, from the img2dataset tables of `url_map`."""
+    location = posixpath.join(images_root, url_map)
+    fs, path = filesystem(location)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        # (folder the table is confined to, its name there, its path relative to images_root)
+        tables = [
+            (location, name, posixpath.normpath(posixpath.join(url_map, name)))
+            for name in list_files(location, (".parquet",))
+        ]
+    else:
+        tables = [(images_root, url_map, posixpath.normpath(url_map))]
+    urls: UrlMap = {}
+    for folder, name, relative in tables:
+        with open_input(folder, name, random_access=True) as source:
             table = pq.read_table(source)
         columns = table.column_names
         if "url" not in columns or ("path" not in columns and "key" not in columns):
@@ -226,7 +253,11 @@ def _load_url_map(images_root: str, url_map: str, extension: str) -> dict[str, s
             if row.get("path") is not None:
                 urls[row["url"]] = row["path"]
             elif row.get("key") is not None:
-                urls[row["url"]] = posixpath.join(shard, f"{row['key']}.{extension}")
+                key = str(row["key"])
+                if not key or "/" in key:
+                    urls[row["url"]] = _BadEntry(f"url_map key {key!r:.100} in {relative} is not a file name")
+                else:
+                    urls[row["url"]] = posixpath.join(shard, f"{key}.{extension}")
     return urls
 
 
@@ -235,11 +266,16 @@ def _select_files(config: SourceConfig, files: list[str]) -> list[str]:
     options = config.options
     assert isinstance(options, ObelicsOptions)
     if options.url_map is not None:
-        fs, base = filesystem(config.images_root)
-        location = posixpath.join(base, options.url_map)
-        info = fs.get_file_info(location)
+        location = posixpath.join(config.images_root, options.url_map)
+        fs, path = filesystem(location)
+        info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
             raise ConfigError(f"url_map: {options.url_map!r} does not exist under images_root")
+        if isinstance(fs, pafs.LocalFileSystem):
+            try:
+                real_path_inside(filesystem(config.images_root)[1], options.url_map, "images_root")
+            except OutsideRoot as error:
+                raise ConfigError(f"url_map: {error}") from None
         if info.type == pafs.FileType.Directory and not list_files(location, (".parquet",)):
             raise ConfigError(f"url_map: folder {options.url_map!r} holds no .parquet table")
     return files

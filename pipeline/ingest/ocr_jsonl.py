@@ -13,7 +13,8 @@ rendered text image (path relative to `images_root`) and the text it shows; `lin
 - Checks: `image` and `text` present (`missing_field`) and valid (`bad_field`, `bad_text`,
   `empty_text`); `lines` a list of objects (`bad_field`), each line's text valid and not blank, its
   box four finite numbers (`bad_field`) with an area (`degenerate_box`) overlapping the image
-  (`box_outside_image`): any bad line rejects the record; the image file (see `checks`).
+  (`box_outside_image`): any bad line rejects the record; the image file (see `checks`); a record of
+  more than `max_record_bytes` is `record_too_large`, skipped unread (`streams.json_records`).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class OcrJsonlOptions(ImageOptions):
 
 def read_file(config: SourceConfig, file: str) -> Generator[Row, None, None]:
     """One sample or reject row per record of `file`, in file order."""
-    yield from record_rows(config, file, json_records(config.root, file), partial(_sample, config))
+    records = json_records(config.root, file, config.options.max_record_bytes)
+    yield from record_rows(config, file, records, partial(_sample, config))
 
 
 def _sample(config: SourceConfig, key: str, record: object) -> Row:

@@ -3,21 +3,26 @@
 The image column (`image_column`) is binary (the encoded file), the Hugging Face image struct
 `{bytes, path}` (bytes used when present, else the file `path` under `images_root`), or a string
 (a path under `images_root`). The text column (`text_column`) is a string, or binary holding UTF-8.
-Those of the `meta_columns` that a file has are copied into meta. Files are read in record batches of
-`streams.PARQUET_BATCH_ROWS` rows, so memory stays bounded whatever the file size.
+Those of the `meta_columns` that a file has are copied into meta. Files are read page by page in record
+batches of `streams.PARQUET_BATCH_ROWS` rows, so memory stays bounded whatever the file size.
 
 - Key: `<file relative to the source root>#<row index>` (0-based within the file).
 - Image path in the row: the path the image was read from, or for embedded bytes the struct's
   `path` when it is a relative path (Hugging Face keeps the original file name there), else null.
-- A file that is not Parquet, lacks a column (`missing_field`), has a column of the wrong type
-  (`bad_field`), or fails to decode part-way (`unreadable_file`) ends with one reject row keyed by the
-  file, whose detail names the rows it stands for.
+- Every row the file's footer declares ends as a row: when the file lacks one of the two columns
+  (`missing_field`) or has one of a type that cannot be used (`bad_field`, the detail names the column
+  and its type), each of its rows is rejected on its own (key `<file>#<row>`), and so is each row of a
+  row group that fails to decode part-way (`unreadable_file`). Only a file that is not Parquet at all
+  is one reject row keyed by the file (its detail gives the rows its footer declares, when readable),
+  and so is a file whose footer declares more such rows than it could hold
+  (`streams.MAX_ROWS_PER_BYTE`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass
+from functools import partial
 
 import pyarrow as pa
 
@@ -36,7 +41,7 @@ from pipeline.ingest.checks import (
     sample_row,
     text_segment,
 )
-from pipeline.ingest.streams import column_values, is_bytes_type, is_text_type, parquet_batches
+from pipeline.ingest.streams import LostRows, column_values, is_bytes_type, is_text_type, parquet_batches
 
 __all__ = ["FORMAT", "ParquetOptions", "read_file"]
 
@@ -55,9 +60,13 @@ def read_file(config: SourceConfig, file: str) -> Generator[Row, None, None]:
     options = config.options
     assert isinstance(options, ParquetOptions)
     columns = [options.image_column, options.text_column]
+    usable = partial(_check_types, options=options)
     try:
-        for start, batch in parquet_batches(config.root, file, columns, options.meta_columns):
-            _check_types(batch.schema, options, start)
+        for start, batch in parquet_batches(config.root, file, columns, options.meta_columns, usable):
+            if isinstance(batch, LostRows):
+                for index, rejected in batch.records(start):
+                    yield reject_row(config, f"{file}#{index}", rejected)
+                continue
             values = {name: column_values(batch.column(name), name) for name in batch.schema.names}
             for offset in range(batch.num_rows):
                 key = f"{file}#{start + offset}"
@@ -70,21 +79,22 @@ def read_file(config: SourceConfig, file: str) -> Generator[Row, None, None]:
         yield file_reject_row(config, file, problem)
 
 
-def _check_types(schema: pa.Schema, options: ParquetOptions, start: int) -> None:
+def _check_types(schema: pa.Schema, options: ParquetOptions) -> Rejected | None:
+    """Why the file's image or text column cannot be used (then none of its rows can), or None."""
     image_type = schema.field(options.image_column).type
     if not (is_bytes_type(image_type) or is_text_type(image_type) or _is_image_struct(image_type)):
-        raise FileUnreadable(
+        return Rejected(
+            "read",
+            "bad_field",
             f"column {options.image_column!r} has type {image_type}, not binary, string or "
-            f"struct<bytes, path>; rows from {start} on",
-            reason="bad_field",
+            "struct<bytes, path>",
         )
     text_type = schema.field(options.text_column).type
     if not (is_bytes_type(text_type) or is_text_type(text_type)):
-        raise FileUnreadable(
-            f"column {options.text_column!r} has type {text_type}, not string or binary; "
-            f"rows from {start} on",
-            reason="bad_field",
+        return Rejected(
+            "read", "bad_field", f"column {options.text_column!r} has type {text_type}, not string or binary"
         )
+    return None
 
 
 def _is_image_struct(data_type: pa.DataType) -> bool:

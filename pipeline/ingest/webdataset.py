@@ -15,8 +15,13 @@ adjacent. Every group of adjacent members sharing a key is one record:
 Safety: members are read from the tar into memory, never extracted, so nothing is written to disk. A
 group with a member whose name is absolute or contains `..`, or that is a link, a device, a FIFO or
 anything but a regular file or a folder is rejected whole as `unsafe_member`, without reading that
-member. A key that appears again after other members, or an extension twice in a group, is
-`bad_field` (a repeated key gets the key `...#<key>#<n>` for its n-th group, to stay unique).
+member. Sizes are checked on the header before any data is read: a group whose image member declares
+more than `max_image_bytes` is `image_too_large`, one whose text or `.json` member declares more than
+`max_record_bytes` is `record_too_large`, and that member is skipped unread. The tar is read member by
+member (a seek past what is not read) and no read of the archive may ask for more than those limits,
+so a header declaring a huge name or pax record cannot pull it into memory either (the tar is then
+unreadable from there). A key that appears again after other members, or an extension twice in a
+group, is `bad_field` (a repeated key gets the key `...#<key>#<n>` for its n-th group, to stay unique).
 
 Truncation: the tar is read member by member; when it ends without its end-of-archive marker, or a
 header or a member's data cannot be read, the group being read is rejected as `unreadable_file` (it
@@ -84,14 +89,15 @@ def read_file(config: SourceConfig, file: str) -> Generator[Row, None, None]:
     except (OSError, pa.ArrowException) as error:
         yield file_reject_row(config, file, FileUnreadable(f"cannot open: {error}"))
         return
+    options = config.options
+    assert isinstance(options, WebDatasetOptions)
     with source:
         try:
-            tar = tarfile.open(fileobj=source, mode="r:")
+            bounded = _BoundedReads(source, max(options.max_image_bytes, options.max_record_bytes))
+            tar = tarfile.open(fileobj=bounded, mode="r:")
         except _TAR_ERRORS as error:
             yield file_reject_row(config, file, FileUnreadable(f"not a readable uncompressed tar: {error}"))
             return
-        options = config.options
-        assert isinstance(options, WebDatasetOptions)
         wanted = {*options.image_extensions, options.text_extension, "json"}
         occurrences: dict[str, int] = {}
         group: _Group | None = None
@@ -105,6 +111,7 @@ def read_file(config: SourceConfig, file: str) -> Generator[Row, None, None]:
             if member is None:
                 problem = _end_problem(tar.offset, source)
                 break
+            tar.members.clear()  # tarfile keeps every header it read: memory would grow with the shard
             unsafe = _unsafe(member)
             if member.isdir() and unsafe is None:
                 continue
@@ -119,6 +126,10 @@ def read_file(config: SourceConfig, file: str) -> Generator[Row, None, None]:
                 continue
             if extension not in wanted:
                 continue  # other members (class labels, features, ...) are not read at all
+            too_large = _too_large(member, extension, options)
+            if too_large is not None:
+                group.problems.append(too_large)
+                continue
             try:
                 data = tar.extractfile(member).read()
             except _TAR_ERRORS as error:
@@ -151,6 +162,39 @@ def _end_problem(offset: int, source: pa.NativeFile) -> str | None:
     if not block:
         return f"the tar ends at byte {offset} without its end-of-archive marker (truncated)"
     return f"unreadable header at byte {offset} (corrupt or truncated)"
+
+
+def _too_large(member: tarfile.TarInfo, extension: str, options: WebDatasetOptions) -> Rejected | None:
+    """Why a member is too large to read, from the size its header declares, or None."""
+    declared = f"member {valid_text(member.name)!r} declares {member.size} bytes"
+    if extension in options.image_extensions:
+        if member.size > options.max_image_bytes:
+            detail = f"{declared}, over max_image_bytes {options.max_image_bytes}; not read"
+            return Rejected("image", "image_too_large", detail)
+    elif member.size > options.max_record_bytes:
+        detail = f"{declared}, over max_record_bytes {options.max_record_bytes}; not read"
+        return Rejected("read", "record_too_large", detail)
+    return None
+
+
+class _BoundedReads:
+    """The tar file for `tarfile`, refusing any read of more than `limit` bytes: a header's declared
+    size (a long name, a pax record) never becomes an allocation of that size."""
+
+    def __init__(self, file: pa.NativeFile, limit: int) -> None:
+        self._file = file
+        self._limit = limit
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0 or size > self._limit:
+            raise OSError(f"a read of {size} bytes asked for, more than the {self._limit} allowed")
+        return self._file.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
 
 
 def _unsafe(member: tarfile.TarInfo) -> str | None:

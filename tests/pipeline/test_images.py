@@ -1,8 +1,10 @@
-"""pipeline.images: headers without decoding, and unreadable input as a clear ImageError."""
+"""pipeline.images: headers without decoding, unreadable input as a clear ImageError, and file reads
+that open only regular files and stay bounded."""
 
 from __future__ import annotations
 
 import io
+import os
 
 import pytest
 from PIL import Image
@@ -58,3 +60,35 @@ def test_truncated_pixels_fail_on_decode_not_on_header():
 def test_missing_file(tmp_path):
     with pytest.raises(images.ImageError):
         images.read_header(tmp_path / "absent.jpg")
+
+
+@pytest.mark.timeout(30)
+def test_paths_that_are_not_regular_files_are_never_opened(tmp_path):
+    os.mkfifo(tmp_path / "pipe.jpg")  # no writer: opening it for reading would block forever
+    for path in (tmp_path / "pipe.jpg", tmp_path, "/dev/zero"):
+        for read in (images.read_header, images.decode):
+            with pytest.raises(images.ImageError, match="not a regular file"):
+                read(path)
+        with pytest.raises(images.NotARegularFile):
+            images.read_file(path, 1 << 20)
+    with pytest.raises(FileNotFoundError):
+        images.read_file(tmp_path / "absent.jpg", 1 << 20)
+
+
+@pytest.mark.timeout(30)
+def test_read_file_is_bounded(tmp_path):
+    data = encoded("PNG")
+    (tmp_path / "x.png").write_bytes(data)
+    assert images.read_file(tmp_path / "x.png", len(data)) == data
+    with pytest.raises(images.FileTooLarge, match=rf"^y\.png is {len(data)} bytes, over the limit of 10$"):
+        images.read_file(tmp_path / "x.png", 10, name="y.png")
+    with open(tmp_path / "big.jpg", "wb") as big:  # 3 GiB, sparse: rejected from its size, unread
+        big.truncate(3 << 30)
+    with pytest.raises(images.FileTooLarge) as caught:
+        images.read_file(tmp_path / "big.jpg", 64 << 20)
+    assert caught.value.size == 3 << 30
+    # A file longer than its size says, as one that grows while read: never more than the limit + 1 bytes.
+    assert os.stat("/proc/self/maps").st_size == 0
+    with pytest.raises(images.FileTooLarge, match="grew past the limit of 100 bytes") as caught:
+        images.read_file("/proc/self/maps", 100)
+    assert caught.value.size == 101

@@ -208,3 +208,9 @@ def test_clip_box():
         with pytest.raises(Rejected) as caught:
             clip_box(box, 20, 20)
         assert caught.value.reason == reason, box
+
+
+def test_readme_documents_every_option():
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    for _format, name, default, _meaning in ingest.options_table():
+        assert f"| `{name}` |" in readme and f"| `{default}` |" in readme, name

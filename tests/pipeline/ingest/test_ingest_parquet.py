@@ -22,7 +22,7 @@ from ingest_support import (
     write,
 )
 
-from pipeline.ingest.streams import PARQUET_BATCH_ROWS
+from pipeline.ingest.streams import MAX_ROWS_PER_BYTE, PARQUET_BATCH_ROWS
 
 JPEG = image_bytes("JPEG")
 HF_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -138,24 +138,54 @@ def test_string_columns_that_are_not_utf8(tmp_path: Path):
     assert reasons(rejects) == {"t.parquet#0": "bad_text", "t.parquet#1": "bad_field"}
 
 
-def test_whole_file_problems_are_one_reject_each(tmp_path: Path):
+def test_column_problems_reject_each_row_and_only_unopenable_files_are_one_reject(tmp_path: Path):
     good = {"image": pa.array([JPEG], pa.binary()), "text": pa.array(["fine"])}
     parquet_file(tmp_path / "d" / "0-good.parquet", good)
     parquet_file(tmp_path / "d" / "1-no-text.parquet", {"image": pa.array([JPEG, JPEG], pa.binary())})
     parquet_file(tmp_path / "d" / "2-int-image.parquet", {"image": [1, 2], "text": ["a", "b"]})
-    write(tmp_path / "d" / "3-not-parquet.parquet", b"PAR1 but not really")
+    parquet_file(
+        tmp_path / "d" / "3-list-text.parquet", {"image": pa.array([JPEG], pa.binary()), "text": [["a"]]}
+    )
+    write(tmp_path / "d" / "4-not-parquet.parquet", b"PAR1 but not really")
     full = io.BytesIO()
     pq.write_table(pa.table(good), full)
-    write(tmp_path / "d" / "4-truncated.parquet", full.getvalue()[:-20])
-    samples, rejects, _ = read_source(reader(tmp_path, format="parquet", path="d"))
+    write(tmp_path / "d" / "5-truncated.parquet", full.getvalue()[:-20])
+    samples, rejects, counts = read_source(reader(tmp_path, format="parquet", path="d"))
     assert [s["key"] for s in samples] == ["0-good.parquet#0"]
     assert reasons(rejects) == {
-        "1-no-text.parquet": "missing_field",
-        "2-int-image.parquet": "bad_field",
-        "3-not-parquet.parquet": "unreadable_file",
-        "4-truncated.parquet": "unreadable_file",
+        "1-no-text.parquet#0": "missing_field",
+        "1-no-text.parquet#1": "missing_field",
+        "2-int-image.parquet#0": "bad_field",
+        "2-int-image.parquet#1": "bad_field",
+        "3-list-text.parquet#0": "bad_field",
+        "4-not-parquet.parquet": "unreadable_file",
+        "5-truncated.parquet": "unreadable_file",
     }
-    assert all(r["sample_id"] is None for r in rejects)
+    assert counts.read == 1 + 2 + 2 + 1 + 1 + 1
+    details = {row["key"]: row["detail"] for row in rejects}
+    assert details["1-no-text.parquet#1"] == "the file has no column 'text' (columns: image)"
+    assert details["2-int-image.parquet#0"].startswith("column 'image' has type int64, not binary")
+    assert details["3-list-text.parquet#0"].startswith("column 'text' has type list<element: string>")
+    assert all(r["sample_id"] is None for r in rejects if "#" not in r["key"])
+
+
+def test_a_row_group_that_cannot_be_decoded_rejects_its_rows_and_the_next_groups_are_read(tmp_path: Path):
+    texts_ = [f"caption {i}" for i in range(6)]
+    path = parquet_file(
+        tmp_path / "groups.parquet",
+        {"image": pa.array([JPEG] * 6, pa.binary()), "text": texts_},
+        row_group_size=2,
+    )
+    chunk = pq.ParquetFile(path).metadata.row_group(1).column(1)  # the text column of rows 2 and 3
+    data = bytearray(path.read_bytes())
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    data[start : start + chunk.total_compressed_size] = b"\xff" * chunk.total_compressed_size
+    write(path, bytes(data))
+    samples, rejects, counts = read_source(reader(tmp_path, format="parquet", path="groups.parquet"))
+    assert [s["key"] for s in samples] == [f"groups.parquet#{i}" for i in (0, 1, 4, 5)]
+    assert reasons(rejects) == {"groups.parquet#2": "unreadable_file", "groups.parquet#3": "unreadable_file"}
+    assert rejects[0]["detail"].startswith("rows 2 to 3 (row group 1) cannot be decoded")
+    assert counts.read == 6
 
 
 @given(edits=CORRUPTIONS)
@@ -166,9 +196,11 @@ def test_fuzzed_file_never_escapes(tmp_path_factory, edits):
         {"image": pa.array([JPEG, image_bytes("PNG"), b"x"], pa.binary()), "text": ["a", "b", "c"]}
     )
     pq.write_table(table, buffer, row_group_size=2, compression="none")
-    write(tmp_path / "f.parquet", corrupt(buffer.getvalue(), edits))
+    data = corrupt(buffer.getvalue(), edits)
+    write(tmp_path / "f.parquet", data)
     _, rejects, counts = read_source(reader(tmp_path, format="parquet", path="f.parquet"))
-    assert counts.read <= 4
+    # Rows the (possibly corrupted) footer declares, each once, unless it declares an implausible count.
+    assert counts.read <= max(4, MAX_ROWS_PER_BYTE * len(data))
     assert sum(r["sample_id"] is None for r in rejects) <= 1
 
 

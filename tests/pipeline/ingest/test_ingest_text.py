@@ -51,11 +51,38 @@ def test_jsonl_and_parquet(tmp_path: Path):
     assert counts.read == 7 + 3 + 3
 
 
-def test_parquet_without_the_text_column_is_rejected_whole(tmp_path: Path):
+def test_parquet_without_a_usable_text_column_rejects_each_row(tmp_path: Path):
     pq.write_table(pa.table({"body": ["a", "b"]}), tmp_path / "t.parquet")
-    _, rejects, _ = read_source(reader(tmp_path, format="text", path="t.parquet", meta_fields=["lang"]))
-    assert reasons(rejects) == {"t.parquet": "missing_field"}
-    assert "all 2 rows" in rejects[0]["detail"]
+    pq.write_table(pa.table({"text": [1, 2, 3]}), tmp_path / "u.parquet")
+    _, rejects, counts = read_source(reader(tmp_path, format="text", path="*.parquet", meta_fields=["lang"]))
+    assert reasons(rejects) == {
+        "t.parquet#0": "missing_field",
+        "t.parquet#1": "missing_field",
+        "u.parquet#0": "bad_field",
+        "u.parquet#1": "bad_field",
+        "u.parquet#2": "bad_field",
+    }
+    assert counts.read == 5
+    assert rejects[2]["detail"] == "column 'text' has type int64, not string or binary"
+
+
+def test_a_jsonl_file_whose_first_line_is_an_array_keeps_every_record(tmp_path: Path):
+    lines = ["[1, 2]", *(json.dumps({"text": f"document {i}"}) for i in range(1000))]
+    write(tmp_path / "t.jsonl", "\n".join(lines) + "\n")
+    samples, rejects, counts = read_source(reader(tmp_path, format="text", path="t.jsonl"))
+    assert counts.read == 1001 and len(samples) == 1000
+    assert reasons(rejects) == {"t.jsonl#0": "malformed_record"}
+    assert texts(samples[-1]) == ["document 999"]
+
+
+def test_records_over_max_record_bytes_are_rejected_and_reading_goes_on(tmp_path: Path):
+    small, big = json.dumps({"text": "short"}), json.dumps({"text": "long " * 20})
+    write(tmp_path / "t.jsonl", f"{small}\n{big}\n{small}\n")
+    write(tmp_path / "t.json", f"[{small}, {big}, {small}]")
+    source = reader(tmp_path, format="text", path="t.*", max_record_bytes=len(small))
+    samples, rejects, _ = read_source(source)
+    assert [s["key"] for s in samples] == ["t.json#0", "t.json#2", "t.jsonl#0", "t.jsonl#2"]
+    assert reasons(rejects) == {"t.json#1": "record_too_large", "t.jsonl#1": "record_too_large"}
 
 
 def test_parquet_strings_that_are_not_utf8(tmp_path: Path):
@@ -86,8 +113,7 @@ def test_fuzzed_jsonl_never_escapes(tmp_path_factory, records, edits):
     data = corrupt("".join(json.dumps(r) + "\n" for r in records).encode(), edits)
     write(tmp_path / "t.jsonl", data)
     _, _, counts = read_source(reader(tmp_path, format="text", path="t.jsonl", meta_fields=["id"]))
-    # A leading "[" makes the file a JSON array, which may break as a whole.
-    if not data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
-        assert counts.read == sum(
-            1 for line in data.split(b"\n") if line.decode("utf-8", "surrogateescape").strip()
-        )
+    # A .jsonl file is read line by line, even when it starts with "[": one record per line that is not blank.
+    assert counts.read == sum(
+        1 for line in data.split(b"\n") if line.decode("utf-8", "surrogateescape").strip()
+    )

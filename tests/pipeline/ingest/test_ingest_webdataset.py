@@ -22,6 +22,7 @@ from ingest_support import (
     texts,
     write,
 )
+from memory_support import read_in_subprocess
 
 JPEG = image_bytes("JPEG")
 
@@ -201,3 +202,62 @@ def test_fuzzed_tar_never_escapes_and_writes_nothing(tmp_path_factory, edits):
     _, _, counts = read_source(reader(tmp_path, format="webdataset", path="shard.tar"))
     assert os.getcwd() == cwd and sorted(p.name for p in tmp_path.iterdir()) == ["shard.tar"]
     assert counts.read <= 3 + len(edits) * 16
+
+
+def test_members_over_their_limits_are_rejected_from_the_header(tmp_path: Path):
+    big_jpeg = image_bytes("JPEG", (64, 48))
+    members = [
+        *[member("a.jpg", JPEG), member("a.txt", b"x" * 65)],
+        *[member("b.jpg", JPEG), member("b.json", json.dumps({"caption": "y" * 60}).encode())],
+        *[member("c.jpg", big_jpeg), member("c.txt", b"fits")],
+        *[member("d.jpg", JPEG), member("d.txt", b"x" * 64), member("d.cls", b"z" * 1000)],
+    ]
+    write(tmp_path / "shard.tar", tar_bytes(members))
+    options = {"max_record_bytes": 64, "max_image_bytes": len(JPEG)}
+    samples, rejects, _ = read_source(reader(tmp_path, format="webdataset", path="shard.tar", **options))
+    assert [s["key"] for s in samples] == ["shard.tar#d"]  # other members are never limited: not read
+    assert reasons(rejects) == {
+        "shard.tar#a": "record_too_large",
+        "shard.tar#b": "record_too_large",
+        "shard.tar#c": "image_too_large",
+    }
+    details = {row["key"]: row["detail"] for row in rejects}
+    assert details["shard.tar#a"] == "member 'a.txt' declares 65 bytes, over max_record_bytes 64; not read"
+    assert f"declares {len(big_jpeg)} bytes, over max_image_bytes {len(JPEG)}" in details["shard.tar#c"]
+
+
+def sparse_tar(path: Path, header: tarfile.TarInfo, header_format: int, after: bytes) -> None:
+    """A tar whose first member is `header` with `header.size` bytes of data that take no disk (a hole),
+    then the archive `after`."""
+    with open(path, "wb") as file:
+        file.write(header.tobuf(header_format))
+        file.seek(-(-header.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE, os.SEEK_CUR)
+        file.write(after)
+
+
+@pytest.mark.timeout(120)
+def test_a_member_declaring_10_gib_is_skipped_unread(tmp_path: Path):
+    huge = tarfile.TarInfo("huge.jpg")
+    huge.size = 10 << 30
+    sparse_tar(tmp_path / "shard.tar", huge, tarfile.PAX_FORMAT, tar_bytes(sample_members("small")))
+    source = {"name": "src", "format": "webdataset", "path": str(tmp_path / "shard.tar")}
+    rows, growth = read_in_subprocess(source)
+    assert [(key, reason) for key, reason, _ in rows] == [
+        ("shard.tar#huge", "image_too_large"),
+        ("shard.tar#small", None),
+    ]
+    assert growth < 64 << 20
+
+
+@pytest.mark.timeout(120)
+def test_a_header_declaring_a_5_gib_name_is_not_read_into_memory(tmp_path: Path):
+    long_name = tarfile.TarInfo("././@LongLink")
+    long_name.type = tarfile.GNUTYPE_LONGNAME
+    long_name.size = 5 << 30
+    sparse_tar(tmp_path / "shard.tar", long_name, tarfile.GNU_FORMAT, tar_bytes(sample_members("next")))
+    source = {"name": "src", "format": "webdataset", "path": str(tmp_path / "shard.tar")}
+    rows, growth = read_in_subprocess(source)
+    ((key, reason, detail),) = rows
+    assert (key, reason) == ("shard.tar", "unreadable_file")
+    assert f"a read of {5 << 30} bytes asked for, more than the {64 << 20} allowed" in detail
+    assert growth < 64 << 20
