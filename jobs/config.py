@@ -6,12 +6,15 @@ change (`sources[1].format: unknown format ...`, `sequence.overflow: ...`). Only
 `sources[].format`, `sources[].path` and `output.dir` are required; every other key has the default
 listed in `REFERENCE` (the README's config table is this list). Relative paths resolve against the
 config file's folder; input paths and `output.dir` may be `pyarrow.fs` URIs (file://, s3://, gs://).
+`output.dir` may not be `/`, a home folder, a file-system or bucket root, nor be, hold or lie inside any
+source's `path` or `images_root` (the job deletes only what it wrote, and never an input).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,8 +87,17 @@ REFERENCE: list[tuple[str, str, str]] = [
     ("sequence.overflow", "drop", "what happens to longer samples: " + ", ".join(OVERFLOW_POLICIES)),
     ("sequence.packing", "false", "pack samples into rows of exactly max_seq_len tokens"),
     ("sequence.embed_images", "true", "store image bytes in the rows (false: only their paths)"),
-    ("output.dir", "(required)", "the output folder (path relative to the config file, or a URI)"),
-    ("output.shard_target_bytes", "256MiB", "target size of a shard file (bytes, or 64MiB, 1GB, ...)"),
+    (
+        "output.dir",
+        "(required)",
+        "the output folder (path relative to the config file, or a URI); not /, a home folder, a file-system "
+        "or bucket root, and neither inside, equal to nor holding any source's path or images_root",
+    ),
+    (
+        "output.shard_target_bytes",
+        "256MiB",
+        "target size of a shard file (bytes, or 64MiB, 1GB, ...; at most 64GiB)",
+    ),
     ("output.compression", "zstd", "Parquet compression: " + ", ".join(COMPRESSIONS)),
     ("output.stats", "true", "write OUT/stats/ (stats.json, report.html, report.md) at the end of the job"),
     ("ray.address", "null", "null: an embedded local Ray (or RAY_ADDRESS when set); auto or an address"),
@@ -131,18 +143,120 @@ class JobConfig:
         return tokenizers.load(self.tokenizer_path, self.shape, kind=self.tokenizer_kind)
 
 
+MAX_CONFIG_BYTES = 16 * 2**20
+"""The largest config file read; a longer one is refused unread."""
+MAX_ALIAS_EXPANSION = 1_000_000
+"""Nodes and scalar characters that YAML aliases may add to a config when expanded (a "billion laughs"
+adds 10⁹ from a few hundred bytes)."""
+MAX_NESTING = 100
+"""Deepest nesting of mappings and lists in a config (a real one needs about 5)."""
+
+
 def load_config(path: str | os.PathLike[str]) -> JobConfig:
-    """Read and validate a YAML config file; relative paths resolve against its folder."""
+    """Read and validate a YAML config file; relative paths resolve against its folder.
+
+    Only a regular file is read (a folder, a FIFO or a device is refused before reading), at most
+    `MAX_CONFIG_BYTES` of it, as UTF-8, with YAML aliases bounded by `MAX_ALIAS_EXPANSION` and nesting by
+    `MAX_NESTING`: every problem is a one-line `ConfigError`."""
     config_path = Path(path)
+    text = _read_config_text(config_path)
     try:
-        text = config_path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError(f"cannot read the config file {config_path}: {error.strerror or error}") from None
-    try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_BoundedLoader)  # a SafeLoader: builds no Python objects
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        context = f" ({error.context})" if error.context else ""
+        raise ConfigError(f"{config_path} is not valid YAML: {where}{error.problem}{context}") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{config_path} is not valid YAML: {error}") from None
+        raise ConfigError(f"{config_path} is not valid YAML: {' '.join(str(error).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{config_path} is not a usable config: its YAML is nested too deeply") from None
+    except ConfigError as error:
+        raise ConfigError(f"{config_path}: {error}") from None
     return parse_config(raw, base_dir=config_path.resolve().parent)
+
+
+def _read_config_text(config_path: Path) -> str:
+    """The text of a regular file of at most `MAX_CONFIG_BYTES`. The file is opened non-blocking (a FIFO
+    opens at once instead of waiting for a writer) and its type is checked on the open descriptor, so
+    nothing but a regular file is ever read."""
+    unreadable = f"cannot read the config file {config_path}"
+    try:
+        fd = os.open(config_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        raise ConfigError(f"{unreadable}: {error.strerror or error}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device"
+            raise ConfigError(f"{unreadable}: it is {kind}, not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as stream:
+            data = stream.read(MAX_CONFIG_BYTES + 1)
+    except OSError as error:
+        raise ConfigError(f"{unreadable}: {error.strerror or error}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{unreadable}: it is larger than {MAX_CONFIG_BYTES // 2**20} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{unreadable}: not UTF-8 text (byte {error.start})") from None
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """A SafeLoader that measures each document before constructing it: what its aliases add once
+    expanded and its nesting are bounded and recursive aliases refused, so that a tiny file cannot expand
+    into gigabytes later (in the config's identity, in an error message quoting a value)."""
+
+    def compose_document(self) -> yaml.Node:
+        node = super().compose_document()
+        _check_expansion(node)
+        return node
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """`ConfigError` when aliases expand `root` by more than `MAX_ALIAS_EXPANSION` nodes and scalar
+    characters, when it nests deeper than `MAX_NESTING`, or when an alias refers to a node that contains
+    it. Each distinct node is visited once (no expansion happens here): its expanded weight is 1, plus its
+    characters for a scalar, plus the weights of its children."""
+    expanded: dict[int, int] = {}
+    distinct = 0
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool, int]] = [(root, False, 0)]
+    while stack:
+        node, finished, depth = stack.pop()
+        children = _children(node)
+        if finished:
+            own = 1 + (len(node.value) if isinstance(node, yaml.ScalarNode) else 0)
+            distinct += own
+            expanded[id(node)] = own + sum(expanded[id(child)] for child in children)
+            on_path.discard(id(node))
+            continue
+        if id(node) in expanded:
+            continue
+        if id(node) in on_path:
+            line = node.start_mark.line + 1 if node.start_mark is not None else "?"
+            raise ConfigError(f"line {line}: a YAML alias refers to a node that contains it")
+        if depth > MAX_NESTING:
+            line = node.start_mark.line + 1 if node.start_mark is not None else "?"
+            raise ConfigError(f"line {line}: the YAML nests more than {MAX_NESTING} levels deep")
+        on_path.add(id(node))
+        stack.append((node, True, depth))
+        stack.extend((child, False, depth + 1) for child in children if id(child) not in expanded)
+    if expanded[id(root)] - distinct > MAX_ALIAS_EXPANSION:
+        raise ConfigError(
+            f"YAML aliases expand the config by more than {MAX_ALIAS_EXPANSION} nodes and characters "
+            "(a 'billion laughs'); write it out without such aliases"
+        )
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 def parse_config(raw: object, base_dir: str | os.PathLike[str]) -> JobConfig:
@@ -206,9 +320,19 @@ def parse_config(raw: object, base_dir: str | os.PathLike[str]) -> JobConfig:
     if not output.get("dir"):
         raise ConfigError("output.dir: required (the folder the job writes)")
     if not isinstance(output["dir"], str):
-        raise ConfigError(f"output.dir: must be a path or URI string, not {output['dir']!r}")
+        raise ConfigError(f"output.dir: must be a path or URI string, not a {type(output['dir']).__name__}")
+    inputs = [(f"sources[{index}].path", reader.config.root) for index, reader in enumerate(readers)]
+    inputs += [
+        (f"sources[{index}].images_root", reader.config.images_root)
+        for index, reader in enumerate(readers)
+        if reader.config.images_root != reader.config.root
+    ]
     try:
-        target = shards.parse_size(output.get("shard_target_bytes", "256MiB"))
+        shards.check_output_location(_resolve(output["dir"], base), inputs)
+    except ValueError as error:
+        raise ConfigError(f"output.dir: {error}") from None
+    try:
+        target = shards.parse_size(output.get("shard_target_bytes", "256MiB"), maximum=shards.MAX_SHARD_BYTES)
     except ValueError as error:
         raise ConfigError(f"output.shard_target_bytes: {error}") from None
     compression = output.get("compression", "zstd")

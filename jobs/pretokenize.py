@@ -2,8 +2,9 @@
 
 The walk, one input file (a *partition*) at a time:
 
-1. plan (driver, before Ray starts): validate the config, open the output folder, list every source's
-   files; partitions already finished by an earlier, interrupted run are skipped.
+1. plan (driver, before Ray starts): validate the config, take the output folder's lease, settle what an
+   earlier run left (below), list every source's files; partitions already finished by an earlier,
+   interrupted run are skipped.
 2. read (Ray tasks, one per partition): the source's reader turns the file into `schemas.sample` and
    `schemas.reject` rows, staged under `OUT/_staging/` (image bytes go to disk once, never through the
    object store).
@@ -16,17 +17,35 @@ The walk, one input file (a *partition*) at a time:
 4. commit (driver, streaming, one partition at a time): rows in config order → size-targeted shards
    `OUT/shards/<source>/part-NNNNN.parquet` (or `OUT/shards/packed/` with packing), rejects →
    `OUT/rejects/part-NNNNN.parquet`, duplicates removed and rejected, filter measurements →
-   `OUT/filters/part-NNNNN.parquet`, then `OUT/manifest.json`, atomically, last. Staging is removed.
+   `OUT/filters/part-NNNNN.parquet`, then (the lease confirmed) `OUT/manifest.json`, atomically, last.
+   Staging is removed.
 
 Determinism: partitions are committed in config and file order, rows in record order, and shard files
 depend only on the rows, so the same inputs and config give byte-identical outputs wherever they live.
 A run killed at any point resumes from the partition markers; a finished output is left alone unless
 `--overwrite`.
+
+The output folder is the job's own (`pipeline.shards`): one job at a time holds its lease, and the job
+deletes only files it wrote, as its manifest or its staging records list them. An earlier run's output
+is settled before any work:
+- a manifest of this config whose listed files are all there with their sizes: complete, nothing is
+  written (sizes only: a full sha256 pass over every shard is what `vl2prep verify` is for);
+- a manifest of this config with a listed file missing or of another size: the output is unfinished;
+  the job says which file, removes the output (below) and runs again;
+- a manifest of another config: exit 2, unless `--overwrite`, which removes the output: the staging
+  folder with the finished files its records place, the statistics files vl2prep writes (`STATS_FILES`),
+  every file the manifest lists, then the manifest itself (last, so that a removal that stops midway is
+  finished by the next run), then those folders if they are left empty. Nothing else is touched.
+A manifest that is not vl2prep's (not JSON, or listing paths vl2prep never writes), a `_staging/` folder
+without the job's claim, or a file in `shards/`, `rejects/` or `filters/` that no manifest or staging
+record lists stops the job (`OutputError`) before it deletes or writes anything.
 """
 
 from __future__ import annotations
 
 import hashlib
+import posixpath
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -36,9 +55,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 
 from jobs import dedup as dedup_stage
 from jobs.config import JobConfig
+from jobs.ray_runtime import ray_scope
 from pipeline import dedup, filters, shards
 from pipeline.ingest import Counts
 from pipeline.packing import Packer
@@ -47,10 +68,17 @@ from schemas import reject as reject_schema
 from schemas import sample as sample_schema
 from schemas import shard as shard_schema
 
-__all__ = ["MANIFEST_VERSION", "Partition", "run"]
+__all__ = ["MANIFEST_VERSION", "STATS_FILES", "OutputError", "Partition", "run"]
 
-MANIFEST_VERSION = 2
+MANIFEST_VERSION = 3
+"""3: `config_sha256` covers the tokenizer and model shape the config resolved to (2: the config alone)."""
 STAGING = shards.STAGING
+CLAIM = f"{STAGING}/job.json"
+"""The staging folder's claim: the config and code that made it. Without it, `_staging/` is not the job's."""
+STATS_FILES = ("stats/stats.json", "stats/report.html", "stats/report.md", "stats/validation.json")
+"""The files `jobs.stats` and `jobs.validate` write into an output folder (never listed in a manifest)."""
+OUTPUT_FILE = re.compile(r"(shards/[A-Za-z0-9][A-Za-z0-9._-]*|rejects|filters)/part-[0-9]{5}\.parquet")
+"""The only paths a manifest or a staging record of this job may list: shards, rejects, measurements."""
 STAGING_COMPRESSION = "none"
 """Staged files live minutes and mostly hold image bytes that do not compress: only shards are compressed."""
 READ_TASK_MEMORY = 512 * 2**20
@@ -116,26 +144,55 @@ class SourceTotals:
         return sum(self.rejected.values())
 
 
+class OutputError(Exception):
+    """The output folder holds something the job did not write and will not touch (a foreign manifest, a
+    foreign `_staging/`, unlisted files where shards go); the message names it and says what to do."""
+
+
 def run(config: JobConfig, overwrite: bool = False, out_stream: Any = None) -> int:
-    """Run the job; returns the process exit code. Prints progress and a summary to `out_stream`."""
+    """Run the job; returns the process exit code. Prints progress and a summary to `out_stream`.
+
+    Raises `shards.LeaseHeld` when another job holds the output folder, `OutputError` when the folder
+    holds files the job did not write where it would write, and `OSError` for storage failures."""
     out_stream = out_stream or sys.stdout
     out = shards.OutputDir(config.output_dir)
+    with ray_scope(), shards.OutputLease(out) as lease:  # Ray, if this run starts it, ends with it
+        if lease.took_over:
+            print(f"{config.output_dir}: {lease.took_over}.", file=out_stream)
+        return _run_leased(config, out, lease, overwrite, out_stream)
+
+
+def _run_leased(
+    config: JobConfig, out: shards.OutputDir, lease: shards.OutputLease, overwrite: bool, out_stream: Any
+) -> int:
     identity = config.identity()
-    if out.exists(shards.MANIFEST) and not overwrite:
-        manifest = out.read_json(shards.MANIFEST)
-        if manifest.get("config_sha256") == identity:
-            out.delete(STAGING)  # left over only if a run stopped right after committing
-            print(f"{config.output_dir}: complete (manifest.json present).", file=out_stream)
-            return _write_stats(config, out, out_stream)
-        print(
-            f"{config.output_dir} already holds the output of another config; "
-            "rerun with --overwrite to replace it.",
-            file=sys.stderr,
-        )
-        return 2
-    if overwrite:
-        for folder in (shards.MANIFEST, "shards", "rejects", "filters", "stats", STAGING):
-            out.delete(folder)
+    previous = _previous_manifest(out)
+    if previous is not None:
+        listed = _listed_files(previous)
+        if not overwrite:
+            if previous.get("config_sha256") != identity:
+                print(
+                    f"{config.output_dir} already holds the output of another config; "
+                    "rerun with --overwrite to replace it.",
+                    file=sys.stderr,
+                )
+                return 2
+            problem = _listed_file_problem(out, previous)
+            if problem is None:
+                _remove_staging(out, keep=listed)  # left over only if a run stopped right after committing
+                print(f"{config.output_dir}: complete (manifest.json present).", file=out_stream)
+                return _write_stats(config, out, out_stream)
+            print(
+                f"{config.output_dir}: {problem}: the output is incomplete; removing the files its "
+                "manifest lists and running again.",
+                file=out_stream,
+            )
+        lease.check()
+        removed = _remove_output(out, previous)
+        print(f"{config.output_dir}: removed the previous output ({removed} files).", file=out_stream)
+    elif overwrite:
+        _remove_staging(out)  # an unfinished run's staged work, and the finished files it placed
+    _refuse_unlisted_files(out)
     _claim_staging(out, identity)
 
     started = time.perf_counter()
@@ -155,17 +212,144 @@ def run(config: JobConfig, overwrite: bool = False, out_stream: Any = None) -> i
         _process(config, pending)
     _deduplicate(config, out, partitions)
     manifest, worker_seconds = _commit(config, out, partitions, identity)
-    out.delete(STAGING)
+    lease.check()  # the manifest is the commit: only while the folder is still this job's
+    out.write_json(shards.MANIFEST, manifest)
+    _remove_staging(out, keep=_listed_files(manifest))
     _print_summary(manifest, worker_seconds, time.perf_counter() - started, out_stream)
-    return _write_stats(config, out, out_stream)
+    return _write_stats(config, out, out_stream, fresh=True)
 
 
-def _write_stats(config: JobConfig, out: shards.OutputDir, out_stream: Any) -> int:
-    """The statistics report of a committed output, unless switched off or already there (a run stopped
-    between the manifest and the report gets it on its rerun; existing reports are never rewritten)."""
+# ------------------------------------------------------------------------------------------------
+# ownership: what an earlier run left, and removing only that
+
+
+def _previous_manifest(out: shards.OutputDir) -> dict[str, Any] | None:
+    """The manifest in the folder, None when there is none; `OutputError` when it is not a vl2prep
+    manifest whose listed paths are all files this job writes (the job cannot tell what it may remove)."""
+    if not out.exists(shards.MANIFEST):
+        return None
+    where = out.path(shards.MANIFEST)
+    advice = "vl2prep touches nothing in this folder; move it away or choose another output.dir"
+    try:
+        manifest = out.read_json(shards.MANIFEST)
+    except ValueError as error:
+        raise OutputError(f"{where} is not JSON ({error}); {advice}") from None
+    if not isinstance(manifest, dict) or "vl2prep_manifest" not in manifest:
+        raise OutputError(f"{where} is not a vl2prep manifest (no vl2prep_manifest key); {advice}")
+    try:
+        _listed_files(manifest)
+    except ValueError as error:
+        raise OutputError(f"{where}: {error}; {advice}") from None
+    return manifest
+
+
+def _manifest_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest's file entries (shards, rejects, filter measurements); ValueError when malformed."""
+    filters_section = manifest.get("filters") or {}
+    groups = [manifest.get("shards"), manifest.get("rejects"), filters_section.get("measurements", [])]
+    entries = []
+    for group in groups:
+        if not isinstance(group, list):
+            raise ValueError("its shards, rejects and filters.measurements must be lists")
+        for entry in group:
+            path = entry.get("path") if isinstance(entry, dict) else None
+            if not isinstance(path, str) or not OUTPUT_FILE.fullmatch(path):
+                raise ValueError(f"it lists {str(path)[:200]!r}, not a file vl2prep writes")
+            if not isinstance(entry.get("bytes"), int):
+                raise ValueError(f"its entry of {path} has no size in bytes")
+            entries.append(entry)
+    return entries
+
+
+def _listed_files(manifest: dict[str, Any]) -> set[str]:
+    return {entry["path"] for entry in _manifest_entries(manifest)}
+
+
+def _listed_file_problem(out: shards.OutputDir, manifest: dict[str, Any]) -> str | None:
+    """The first listed file that is missing or whose size differs from the manifest's, said in words."""
+    entries = _manifest_entries(manifest)
+    infos = out.fs.get_file_info([out.path(entry["path"]) for entry in entries]) if entries else []
+    for entry, info in zip(entries, infos, strict=True):
+        if info.type != pafs.FileType.File:
+            return f"{entry['path']}, listed in manifest.json, is missing"
+        if info.size != entry["bytes"]:
+            return f"{entry['path']} has {info.size} bytes where manifest.json lists {entry['bytes']}"
+    return None
+
+
+def _remove_output(out: shards.OutputDir, manifest: dict[str, Any]) -> int:
+    """Remove what the run that wrote `manifest` wrote (see the module docstring); the number of files."""
+    listed = _listed_files(manifest)
+    _remove_staging(out)
+    removed = sum(out.delete_file(path) for path in (*STATS_FILES, *sorted(listed)))
+    removed += out.delete_file(shards.MANIFEST)
+    folders = {posixpath.dirname(path) for path in listed} | {"shards", "rejects", "filters", "stats"}
+    out.remove_empty_folders(folders)
+    return removed
+
+
+def _remove_staging(out: shards.OutputDir, keep: set[str] | frozenset[str] = frozenset()) -> None:
+    """Remove the staging folder and the finished files its records placed (but those in `keep`, listed by
+    the manifest in force), the claim last: a removal that stops midway leaves a staging folder that is
+    still recognisably the job's. `OutputError` when `_staging/` exists without the claim."""
+    if not out.exists(STAGING):
+        return
+    placed = sorted(_placed_files(out) - set(keep))
+    for path in placed:
+        out.delete_file(path)
+    out.remove_empty_folders({posixpath.dirname(path) for path in placed} | {"shards"} if placed else ())
+    selector = pafs.FileSelector(out.path(STAGING), recursive=False)
+    for info in out.fs.get_file_info(selector):
+        relative = posixpath.relpath(info.path, out.root)
+        if relative != CLAIM:
+            out.delete(relative)
+    out.delete_file(CLAIM)
+    out.delete(STAGING)
+
+
+def _placed_files(out: shards.OutputDir) -> set[str]:
+    """The finished files the staging folder's records place (none without a staging folder);
+    `OutputError` when `_staging/` is not the job's (no claim) or a record is not one."""
+    if not out.exists(STAGING):
+        return set()
+    if not out.exists(CLAIM):
+        raise OutputError(
+            f"{out.path(STAGING)} was not made by vl2prep (it holds no {posixpath.basename(CLAIM)}); "
+            "move it away or choose another output.dir"
+        )
+    move = f"move {out.path(STAGING)} away or choose another output.dir"
+    try:
+        placed = shards.placed_files(out)
+    except ValueError as error:
+        raise OutputError(f"{error}; {move}") from None
+    strange = sorted(path for path in placed if not OUTPUT_FILE.fullmatch(path))
+    if strange:
+        raise OutputError(
+            f"{out.path(shards.PLACED)} lists {strange[0][:200]!r}, not a file vl2prep writes; {move}"
+        )
+    return placed
+
+
+def _refuse_unlisted_files(out: shards.OutputDir) -> None:
+    """`OutputError` for a file where the job writes (shards/, rejects/, filters/) that no record of the
+    staging folder places: moving a finished file there would delete it."""
+    placed = _placed_files(out)
+    for folder in ("shards", "rejects", "filters"):
+        for path in out.list_files(folder):
+            if path not in placed:
+                raise OutputError(
+                    f"{out.path(path)} was not written by this job (no manifest or staging record lists "
+                    "it); move it away or choose another output.dir"
+                )
+
+
+def _write_stats(config: JobConfig, out: shards.OutputDir, out_stream: Any, fresh: bool = False) -> int:
+    """The statistics report of a committed output, unless switched off or, for an output committed
+    earlier, already there (a run stopped between the manifest and the report gets it on its rerun; the
+    report of a complete output is never rewritten). A `fresh` commit always gets its own report."""
     from jobs import stats  # imports matplotlib: only once the shards are committed
 
-    if not config.write_stats or out.exists(stats.STATS_FILE):
+    if not config.write_stats or (not fresh and out.exists(stats.STATS_FILE)):
         return 0
     return stats.run(
         config.output_dir,
@@ -324,8 +508,8 @@ def _deduplicate(config: JobConfig, out: shards.OutputDir, partitions: list[Part
 def _commit(
     config: JobConfig, out: shards.OutputDir, partitions: list[Partition], identity: str
 ) -> tuple[dict[str, Any], dict[str, float]]:
-    """Write shards, rejects and the manifest from the staged partitions, in order. Returns the manifest and
-    the worker seconds spent per source."""
+    """Write shards and rejects from the staged partitions, in order. Returns the manifest (the caller
+    writes it, last) and the worker seconds spent per source."""
     totals = {reader.config.name: SourceTotals() for reader in config.readers}
     rejects = shards.ShardWriter(
         out, "rejects", reject_schema.SCHEMA, config.shard_target_bytes, config.compression
@@ -433,7 +617,6 @@ def _commit(
         ),
         "sources": sources,
     }
-    out.write_json(shards.MANIFEST, manifest)
     return manifest, {name: total.seconds for name, total in totals.items()}
 
 
@@ -455,12 +638,14 @@ def code_identity() -> dict[str, str]:
 
 def _claim_staging(out: shards.OutputDir, identity: str) -> None:
     """Keep staged work only if this config and this code made it; otherwise start over."""
-    marker = f"{STAGING}/job.json"
     claim = {"config_sha256": identity, "code": code_identity()}
-    if out.exists(marker) and out.read_json(marker) == claim:
-        return
-    out.delete(STAGING)
-    out.write_json(marker, claim)
+    try:
+        if out.exists(CLAIM) and out.read_json(CLAIM) == claim:
+            return
+    except ValueError:
+        pass  # a claim that is not JSON matches nothing: that staging is started over like any other
+    _remove_staging(out)
+    out.write_json(CLAIM, claim)
 
 
 def _concat(tables: Sequence[pa.Table], schema: pa.Schema) -> pa.Table:

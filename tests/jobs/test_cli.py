@@ -1,13 +1,18 @@
-"""The `vl2prep` command: the `tile` table over the bundled examples and over given files."""
+"""The `vl2prep` command: the `tile` table over the bundled examples and over given files; pretokenize's
+one-line messages and exit codes."""
 
 from __future__ import annotations
 
+import errno
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from jobs import cli
+from jobs import cli, pretokenize
+from pipeline import shards
 
 
 def test_tile_prints_the_bundled_examples(capsys):
@@ -58,3 +63,129 @@ def test_pretokenize_config_error_exits_2(tmp_path, capsys):
     config.write_text("sources: []\noutput: {dir: out}\n")
     assert cli.main(["pretokenize", str(config)]) == 2
     assert "sources" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# pretokenize: every failure a user can cause is one line and an exit code
+
+
+def text_job(folder: Path) -> Path:
+    (folder / "in").mkdir(parents=True)
+    (folder / "in" / "text.jsonl").write_text('{"text": "A caption."}\n')
+    config = folder / "job.yaml"
+    config.write_text("sources:\n  - {name: t, format: text, path: in/text.jsonl}\noutput: {dir: out}\n")
+    return config
+
+
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("value", ["1e400", ".inf", ".nan", "-5", "1e30", "100000000000000000000000"])
+def test_impossible_shard_sizes_are_config_errors(tmp_path, capsys, value):
+    config = text_job(tmp_path)
+    config.write_text(config.read_text().replace("{dir: out}", f"{{dir: out, shard_target_bytes: {value}}}"))
+    assert cli.main(["pretokenize", str(config)]) == 2
+    assert one_line(capsys).startswith(f"{config}: output.shard_target_bytes: ")
+
+
+@pytest.mark.timeout(60)
+def test_config_paths_that_are_not_files_are_refused_unread(tmp_path, capsys):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero"), tmp_path):
+        assert cli.main(["pretokenize", str(path)]) == 2
+        assert "not a regular file" in one_line(capsys)
+
+
+@pytest.mark.timeout(60)
+def test_a_manifest_that_is_not_json_is_a_message(tmp_path, capsys):
+    config = text_job(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "manifest.json").write_text("{truncated")
+    assert cli.main(["pretokenize", str(config)]) == 2
+    assert f"{tmp_path / 'out' / 'manifest.json'} is not JSON" in one_line(capsys)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("code", "text"),
+    [(errno.EROFS, "Read-only file system"), (errno.EACCES, "Permission denied")],
+)
+def test_an_output_that_cannot_be_written_is_a_message(tmp_path, capsys, monkeypatch, code, text):
+    """Simulated (the tests may run as root, for whom no folder is read-only): the lease, the first file
+    the job creates, fails as the storage would."""
+    config = text_job(tmp_path)
+    real_open = os.open
+
+    def refusing_open(path, flags, *args, **kwargs):
+        if str(path).endswith(shards.LEASE) and flags & os.O_CREAT:
+            raise OSError(code, os.strerror(code), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    assert cli.main(["pretokenize", str(config)]) == 4
+    line = one_line(capsys)
+    assert line.startswith(f"pretokenize stopped: {tmp_path / 'out' / shards.LEASE}: {text}")
+    assert errno.errorcode[code] in line
+
+
+@pytest.mark.timeout(60)
+def test_a_full_disk_is_a_message_and_releases_the_lease(tmp_path, capsys, monkeypatch):
+    """Simulated by a write that fails with ENOSPC (the first one the job makes: its staging claim)."""
+    config = text_job(tmp_path)
+
+    def full(self, relative, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.path(relative))
+
+    monkeypatch.setattr(shards.OutputDir, "write_bytes", full)
+    assert cli.main(["pretokenize", str(config)]) == 4
+    line = one_line(capsys)
+    assert "No space left on device (ENOSPC); the disk is full" in line and "_staging/job.json" in line
+    assert not (tmp_path / "out" / shards.LEASE).exists()
+
+
+def test_storage_errors_raised_in_ray_tasks_are_one_line():
+    """A worker's OSError reaches the driver wrapped in Ray's task error, whose text is the worker's whole
+    traceback; the line says only the cause."""
+    from ray.exceptions import RayTaskError
+
+    try:
+        raise OSError(errno.ENOSPC, "No space left on device", "/out/_staging/rows/x.parquet")
+    except OSError as cause:
+        wrapped = RayTaskError("ReadPartition", "Traceback (most recent call last):\n" * 130, cause)
+    error = wrapped.as_instanceof_cause()
+    code, line = cli.failure(error, Path("job.yaml"), "/out")
+    assert code == 4 and "\n" not in line
+    assert line.startswith("pretokenize stopped: /out/_staging/rows/x.parquet: No space left on device")
+    # pyarrow's errors name no file: the output folder is named instead.
+    code, line = cli.failure(OSError(errno.EIO, "Error writing bytes to file"), Path("job.yaml"), "/out")
+    assert (code, line.split(";")[0]) == (4, "pretokenize stopped: /out: Error writing bytes to file (EIO)")
+
+
+@pytest.mark.timeout(60)
+def test_unexpected_failures_are_one_line_and_verbose_adds_the_traceback(tmp_path, capsys, monkeypatch):
+    config = text_job(tmp_path)
+
+    def broken(config, overwrite=False):
+        raise RuntimeError("counts do not reconcile\nsecond line")
+
+    monkeypatch.setattr(pretokenize, "run", broken)
+    assert cli.main(["pretokenize", str(config)]) == 1
+    assert one_line(capsys) == (
+        "pretokenize failed: RuntimeError: counts do not reconcile (rerun with --verbose for the traceback)\n"
+    )
+    assert cli.main(["pretokenize", str(config), "--verbose"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.endswith("for the traceback)\n")
+
+    def interrupted(config, overwrite=False):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretokenize, "run", interrupted)
+    assert cli.main(["pretokenize", str(config)]) == 130
+    assert "interrupted" in one_line(capsys)

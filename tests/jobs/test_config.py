@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -133,3 +136,122 @@ def test_readme_documents_every_key():
     readme = (REPO / "README.md").read_text()
     for key, _default, _meaning in REFERENCE:
         assert f"`{key}`" in readme, key
+
+
+@pytest.mark.parametrize(
+    "value", ["1e400", "-1e400", float("inf"), float("nan"), -1, 10**30, "1e30", "65GiB"]
+)
+def test_shard_target_bytes_must_be_a_sane_size(tmp_path, value):
+    with pytest.raises(ConfigError, match=r"^output\.shard_target_bytes: "):
+        parse_config(edit("output.shard_target_bytes", value), base_dir=tmp_path)
+
+
+def test_output_dir_must_not_overlap_an_input(tmp_path):
+    """The README's layout `path: "shards/*.tar"` with `output: {dir: .}` would make the corpus part of
+    the output folder; so would an output inside an images_root."""
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "a.tar").write_bytes((CORPUS / "webdataset" / "shard-000000.tar").read_bytes())
+    config = {
+        "sources": [{"name": "w", "format": "webdataset", "path": "shards/*.tar"}],
+        "output": {"dir": "."},
+    }
+    with pytest.raises(ConfigError, match=r"^output\.dir: .* holds the input folder .*sources\[0\]\.path"):
+        parse_config(config, base_dir=tmp_path)
+    config["output"]["dir"] = "shards/out"
+    with pytest.raises(ConfigError, match=r"^output\.dir: .* lies inside the input folder"):
+        parse_config(config, base_dir=tmp_path)
+    images = edit("sources.0.images_root", str(tmp_path))
+    images["sources"][0].update(format="llava", path=str(CORPUS / "llava.json"))
+    with pytest.raises(ConfigError, match=r"^output\.dir: .*sources\[0\]\.images_root"):
+        parse_config(images, base_dir=tmp_path)
+
+
+@pytest.mark.parametrize(("location", "reason"), [("/", "root folder"), ("~", "home folder")])
+def test_output_dir_must_not_be_a_root_or_a_home(tmp_path, location, reason):
+    with pytest.raises(ConfigError, match=f"^output.dir: .*{reason}"):
+        parse_config(edit("output.dir", os.path.expanduser(location)), base_dir=tmp_path)
+
+
+@pytest.mark.timeout(30)
+def test_only_a_regular_file_is_read(tmp_path):
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)  # reading it would wait for a writer forever
+    for path, kind in ((fifo, "a FIFO"), (tmp_path, "a folder"), (Path("/dev/zero"), "a device")):
+        with pytest.raises(ConfigError, match=f"it is {kind}, not a regular file"):
+            load_config(path)
+    big = tmp_path / "big.yaml"
+    with big.open("wb") as handle:
+        handle.truncate(16 * 2**20 + 1)
+    with pytest.raises(ConfigError, match="larger than 16 MiB"):
+        load_config(big)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("output: {dir: caf\xe9}\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 17\)"):
+        load_config(latin)
+
+
+def billion_laughs() -> str:
+    """A valid job whose output.dir is ten nested levels of nine aliases each: 9¹⁰ strings once expanded."""
+    levels = ['    - &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n']
+    levels += [
+        f"    - &{name} [{', '.join([f'*{previous}'] * 9)}]\n"
+        for previous, name in zip("abcdefghi", "bcdefghij", strict=True)
+    ]
+    source = f"  - {{name: t, format: text, path: {CORPUS / 'text.jsonl'}}}\n"
+    return "sources:\n" + source + "output:\n  dir:\n" + "".join(levels)
+
+
+@pytest.mark.timeout(60)
+def test_a_billion_laughs_is_refused_without_expanding_it(tmp_path):
+    """Without a bound the aliases load as shared references, and the first message quoting output.dir
+    (or the config's identity) expands them: gigabytes from a file of less than 1 KiB."""
+    config = tmp_path / "laughs.yaml"
+    config.write_text(billion_laughs())
+    assert config.stat().st_size < 1024
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))\n"
+        "from jobs.config import ConfigError, load_config\n"
+        "try:\n"
+        f"    load_config({str(config)!r})\n"
+        "except ConfigError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=50
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "YAML aliases expand the config by more than" in result.stdout
+    assert len(result.stdout) < 500 and "lol" not in result.stdout
+
+
+def test_yaml_aliases_within_bounds_and_merge_keys_still_work(tmp_path):
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        f"defaults: &source {{format: text, path: {CORPUS / 'text.jsonl'}}}\n"
+        "sources:\n  - {<<: *source, name: one}\n  - {<<: *source, name: two}\n"
+        "output: {dir: out}\n"
+    )
+    with pytest.raises(ConfigError, match="defaults: unknown key"):
+        load_config(config)  # the aliases load; the unknown top-level key is the only mistake
+    config.write_text(config.read_text().replace("defaults: &source", "sequence: {}\nx-defaults: &source"))
+    with pytest.raises(ConfigError, match="x-defaults: unknown key"):
+        load_config(config)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a: &a [1, *a]\n", "line 1: a YAML alias refers to a node that contains it"),
+        ("[" * 5000 + "]" * 5000, "nested too deeply"),
+        ("a: " + "[" * 200 + "]" * 200 + "\n", "line 1: the YAML nests more than 100 levels deep"),
+        ("sources: [1\n", r"not valid YAML: line 2, column 1: expected ',' or '\]'"),
+        ("a: *missing\n", "not valid YAML: line 1, column 4: found undefined alias"),
+    ],
+)
+def test_yaml_problems_are_one_line(tmp_path, text, message):
+    config = tmp_path / "job.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=message) as error:
+        load_config(config)
+    assert "\n" not in str(error.value) and str(config) in str(error.value)

@@ -1,8 +1,11 @@
-"""pipeline.shards: deterministic size-targeted shards, checksums, atomic writes, URIs."""
+"""pipeline.shards: deterministic size-targeted shards, checksums, atomic writes, URIs, placement records,
+where an output folder may live."""
 
 from __future__ import annotations
 
 import hashlib
+import math
+import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -42,7 +45,48 @@ def test_shards_are_checksummed_size_targeted_and_complete(tmp_path):
     back = pa.concat_tables(pq.read_table(tmp_path / info.path) for info in infos)
     assert back.equals(table)
     assert infos[0].first_sample_id == "00000000" and infos[-1].last_sample_id == f"{999:08x}"
-    assert out.list_files(shards.STAGING) == []
+    # Only the placement record stays in staging: it names every file moved out of it.
+    assert out.list_files(shards.STAGING) == ["_staging/placed/shards+src.json"]
+    assert shards.placed_files(out) == {info.path for info in infos}
+
+
+def test_files_are_recorded_before_they_are_placed(tmp_path):
+    """A run that stops between moving its files and writing its manifest leaves finished files that only
+    the placement record names; records of a resumed writer add up."""
+    (tmp_path / "shards" / "src" / "part-00001.parquet").mkdir(parents=True)  # the second move fails
+    out = shards.OutputDir(str(tmp_path))
+    writer = shards.ShardWriter(out, "shards/src", SCHEMA, target_bytes=20_000, row_group_rows=64)
+    writer.write(rows(1000))
+    with pytest.raises(OSError):
+        writer.close()
+    placed = shards.placed_files(out)
+    assert "shards/src/part-00001.parquet" in placed and len(placed) > 2
+    assert (tmp_path / "shards" / "src" / "part-00000.parquet").is_file()
+    (tmp_path / "shards" / "src" / "part-00001.parquet").rmdir()
+    _, infos = write_all(tmp_path, [rows(10)])
+    assert shards.placed_files(out) == placed | {info.path for info in infos}
+
+
+@pytest.mark.parametrize(
+    "record", ['["../outside.parquet"]', '["/etc/passwd"]', '["_staging/x"]', '{"a": 1}', '["a/./b"]']
+)
+def test_placement_records_name_only_files_inside_the_folder(tmp_path, record):
+    (tmp_path / "_staging" / "placed").mkdir(parents=True)
+    (tmp_path / "_staging" / "placed" / "shards+x.json").write_text(record)
+    with pytest.raises(ValueError, match="not a list of relative paths"):
+        shards.placed_files(shards.OutputDir(str(tmp_path)))
+
+
+def test_delete_file_and_remove_empty_folders_touch_nothing_else(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "keep.txt").write_text("x")
+    out = shards.OutputDir(str(tmp_path))
+    assert not out.delete_file("a") and (tmp_path / "a").is_dir()
+    assert not out.delete_file("missing")
+    out.remove_empty_folders(["a", "a/b", "c", "missing"])
+    assert not (tmp_path / "a").exists() and (tmp_path / "c" / "keep.txt").is_file()
+    assert out.delete_file("c/keep.txt") and not (tmp_path / "c" / "keep.txt").exists()
 
 
 @given(st.lists(st.integers(1, 300), min_size=1, max_size=8))
@@ -85,7 +129,62 @@ def test_parse_size(text, size):
     assert shards.parse_size(text) == size
 
 
-@pytest.mark.parametrize("text", ["", "12 parsecs", "-5MB", 0, True, "MB"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "12 parsecs", "-5MB", 0, True, "MB", "1e400", "-1e400", "1e300GiB", math.inf, math.nan, -1.0, "nan",
+     "1.2.3MB", "inf"],
+)  # fmt: skip
 def test_parse_size_rejects(text):
     with pytest.raises(ValueError):
         shards.parse_size(text)
+
+
+@pytest.mark.parametrize("value", [10**30, "1e30", "65GiB", 2**36 + 1])
+def test_parse_size_has_a_ceiling(value):
+    with pytest.raises(ValueError, match="more than the largest size allowed"):
+        shards.parse_size(value, maximum=shards.MAX_SHARD_BYTES)
+    assert shards.parse_size("64GiB", maximum=shards.MAX_SHARD_BYTES) == shards.MAX_SHARD_BYTES
+
+
+def test_size_messages_quote_little_of_the_value():
+    with pytest.raises(ValueError) as error:
+        shards.parse_size("9" * 100_000 + "parsecs")
+    assert len(str(error.value)) < 200
+
+
+def test_output_locations_that_no_job_may_own(tmp_path):
+    corpus = tmp_path / "corpus"
+    (corpus / "images").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(corpus / "images")
+    (tmp_path / "file.txt").write_text("x")
+    inputs = [("sources[0].path", str(corpus))]
+    refused = {
+        str(corpus): "is the input folder",
+        str(corpus / "out"): "lies inside the input folder",
+        str(tmp_path): "holds the input folder",
+        str(tmp_path / "link" / "out"): "(really " + str(corpus / "images" / "out") + ") lies inside",
+        f"file://{corpus}/out": "lies inside the input folder",
+        str(tmp_path / "file.txt"): "exists and is not a folder",
+        "/": "is the root folder",
+        os.path.expanduser("~"): "is a home folder",
+        "/proc": "is the root of a file system",
+    }
+    for location, reason in refused.items():
+        with pytest.raises(ValueError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+            shards.check_output_location(location, inputs)
+    shards.check_output_location(str(tmp_path / "out"), inputs)
+    shards.check_output_location(str(tmp_path / "corpus-out"), inputs)  # a shared prefix is no overlap
+
+
+def test_object_store_locations_compare_by_bucket_and_key():
+    inputs = [("sources[1].images_root", "s3://bucket/data/images")]
+    for location, reason in {
+        "s3://bucket": "the root of a bucket",
+        "s3://bucket/": "the root of a bucket",
+        "s3://bucket/data": "holds the input folder s3://bucket/data/images \\(sources\\[1\\].images_root\\)",
+        "s3://bucket/data/images/../images/out": "lies inside",
+    }.items():
+        with pytest.raises(ValueError, match=reason):
+            shards.check_output_location(location, inputs)
+    for location in ("s3://bucket/out", "s3://other/data/images", "gs://bucket/data/images/out"):
+        shards.check_output_location(location, inputs)
