@@ -12,7 +12,7 @@ source's `path` or `images_root` (the job deletes only what it wrote, and never 
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import os
 import stat
 from collections.abc import Mapping
@@ -49,7 +49,10 @@ REFERENCE: list[tuple[str, str, str]] = [
     (
         "tokenizer",
         "default",
-        "default (the sentencepiece model shipped with vl2prep), or {kind: sentencepiece or hf, path: FILE}",
+        "default: the shape's own (deepseek-vl2, shipped, for tiny and base; demo for toy; small needs "
+        "{kind: hf, path: ...}; for a model_shape config.json, the tokenizer.json beside it); a shipped one "
+        "by name (deepseek-vl2, demo); or {kind: hf, path: tokenizer.json or a model folder} / "
+        "{kind: sentencepiece, path: FILE}",
     ),
     ("sources", "(required)", "list of input sources, read in order; see the per-source keys below"),
     (
@@ -119,8 +122,9 @@ class JobConfig:
     raw: Mapping[str, Any]  # the config as written (paths as given), recorded in the manifest
     base_dir: str
     shape: model_shapes.ModelShape
-    tokenizer_path: str
+    tokenizer_path: str  # a shipped tokenizer's name (`pipeline.tokenizer.NAMES`) or a file or folder
     tokenizer_kind: str | None
+    tokenizer_sha256: str
     readers: tuple[Reader, ...]
     sequence_options: tuple[SequenceOptions, ...]  # one per source, in source order
     filters: tuple[Filters, ...]  # one per source (empty: none configured)
@@ -134,9 +138,9 @@ class JobConfig:
     ray_num_cpus: int | None
 
     def identity(self) -> str:
-        """sha256 of the config as written (canonical JSON): two runs with the same identity and the same
+        """`pipeline.shards.config_identity` of this config: two runs with the same identity and the same
         inputs must produce the same output."""
-        return hashlib.sha256(shards.canonical_json(self.raw)).hexdigest()
+        return shards.config_identity(self.raw, self.tokenizer_sha256, self.shape.fingerprint())
 
     def load_tokenizer(self) -> tokenizers.Tokenizer:
         """The tokenizer, checked against the shape."""
@@ -268,11 +272,8 @@ def parse_config(raw: object, base_dir: str | os.PathLike[str]) -> JobConfig:
     sections = {name: _section(raw, name) for name in _SECTIONS}
 
     shape = _shape(raw.get("model_shape", "tiny"), base)
-    tokenizer_path, tokenizer_kind = _tokenizer_spec(raw.get("tokenizer", "default"), base)
-    try:
-        tokenizer = tokenizers.load(tokenizer_path, shape, kind=tokenizer_kind)
-    except (tokenizers.TokenizerError, OSError) as error:
-        raise ConfigError(f"tokenizer: {error} (check model_shape and tokenizer)") from None
+    tokenizer_path, tokenizer_kind = _tokenizer_spec(raw, base)
+    tokenizer = _tokenizer(tokenizer_path, tokenizer_kind, shape)
 
     if "sources" not in raw:
         raise ConfigError("sources: required (a list of {name, format, path})")
@@ -350,6 +351,7 @@ def parse_config(raw: object, base_dir: str | os.PathLike[str]) -> JobConfig:
         shape=tokenizer.shape,
         tokenizer_path=tokenizer_path,
         tokenizer_kind=tokenizer_kind,
+        tokenizer_sha256=tokenizer.identity,
         readers=readers,
         sequence_options=tuple(options),
         filters=source_filters,
@@ -388,21 +390,61 @@ def _shape(value: object, base: str) -> model_shapes.ModelShape:
         raise ConfigError(f"model_shape: {error}") from None
 
 
-def _tokenizer_spec(value: object, base: str) -> tuple[str, str | None]:
+def _tokenizer_spec(raw: Mapping[str, Any], base: str) -> tuple[str, str | None]:
+    """(a shipped tokenizer's name or a path, kind or None) from the config's `tokenizer` value."""
+    value = raw.get("tokenizer", "default")
     if value == "default":
-        return str(tokenizers.DEFAULT_MODEL), "sentencepiece"
+        beside = _tokenizer_beside_shape(raw.get("model_shape"), base)
+        return (beside, "hf") if beside else ("default", None)
+    if isinstance(value, str):
+        if value in tokenizers.NAMES:
+            return value, None
+        raise ConfigError(
+            f"tokenizer: {value!r} is not a shipped tokenizer ({', '.join(tokenizers.NAMES)}); give a file "
+            "or folder as {kind: hf or sentencepiece, path: ...}"
+        )
     if not isinstance(value, Mapping):
-        raise ConfigError(f"tokenizer: must be 'default' or {{kind, path}}, not {value!r}")
+        raise ConfigError(f"tokenizer: must be a name or {{kind, path}}, not {value!r}")
     _no_unknown(value, ("kind", "path"), "tokenizer.")
     kind = value.get("kind")
-    if kind not in ("sentencepiece", "hf"):
-        raise ConfigError(f"tokenizer.kind: {kind!r} is not one of sentencepiece, hf")
+    if kind not in tokenizers.KINDS:
+        raise ConfigError(f"tokenizer.kind: {kind!r} is not one of {', '.join(tokenizers.KINDS)}")
     if not isinstance(value.get("path"), str):
-        raise ConfigError("tokenizer.path: required (the .model or tokenizer.json file)")
+        raise ConfigError("tokenizer.path: required (a tokenizer.json or .model file, or a model folder)")
     path = _resolve(value["path"], base)
-    if not Path(path).is_file():
-        raise ConfigError(f"tokenizer.path: no such file {path}")
+    if not Path(path).exists():
+        raise ConfigError(f"tokenizer.path: no such file or folder {path}")
     return path, kind
+
+
+def _tokenizer_beside_shape(model_shape: object, base: str) -> str | None:
+    """The model folder of a `model_shape` given as an official config.json that has a tokenizer.json beside
+    it (a Hugging Face model folder): its tokenizer is the default."""
+    if not isinstance(model_shape, str) or model_shape in model_shapes.VARIANTS:
+        return None
+    folder = Path(_resolve(model_shape, base)).parent
+    return str(folder) if (folder / "tokenizer.json").is_file() else None
+
+
+def _tokenizer(source: str, kind: str | None, shape: model_shapes.ModelShape) -> tokenizers.Tokenizer:
+    """The tokenizer, loaded and checked against the shape; the demo tokenizer is refused for the released
+    shapes even when given by path (a model of theirs could not train on its ids)."""
+    path = Path(source)
+    if shape.name in tokenizers.DEEPSEEK_SHAPES and path.is_file() and path.suffix == ".model":
+        if tokenizers.file_sha256(path) == _demo_identity():
+            raise ConfigError(
+                f"tokenizer: {source} is the demo tokenizer, whose ids are not DeepSeek's: a DeepSeek-VL2 "
+                f"{shape.name} model could not train on them (use tokenizer: default)"
+            )
+    try:
+        return tokenizers.load(source, shape, kind=kind)
+    except (tokenizers.TokenizerError, OSError) as error:
+        raise ConfigError(f"tokenizer: {error} (check model_shape and tokenizer)") from None
+
+
+@functools.cache
+def _demo_identity() -> str:
+    return tokenizers.file_sha256(tokenizers.DEMO_MODEL)
 
 
 def _bool(section: Mapping[str, Any], key: str, name: str, default: bool) -> bool:

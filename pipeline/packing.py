@@ -5,8 +5,10 @@ decreasing: longest first (ties by `sample_id`), each into the open bin with the
 it, else into a new bin. The result depends only on the input order, never on timing. A packed row
 concatenates its documents (in input order) and pads the rest with the pad id (labels -100); `position_ids`
 restart at 0 at each document and at the pad tail, and `cu_seqlens` mark the boundaries (the pad tail is the
-last segment), so attention can stay within documents. Columns are those of `schemas.shard`; as in
-`pipeline.sequence`, `input_ids`, `labels`, `position_ids` and `cu_seqlens` are numpy int32 arrays.
+last segment), so attention can stay within documents. Each document's first label (its bos, which an unpacked
+row keeps as the official processor does) becomes -100, so that no loss crosses a document boundary.
+Columns are those of `schemas.shard`; as in `pipeline.sequence`, `input_ids`, `labels`, `position_ids` and
+`cu_seqlens` are numpy int32 arrays.
 """
 
 from __future__ import annotations
@@ -124,6 +126,7 @@ def pack_rows(rows: Sequence[dict[str, Any]], max_seq_len: int, pad_id: int) -> 
         first_image = len(images)
         input_ids[start : start + row["seq_len"]] = row["input_ids"]
         labels[start : start + row["seq_len"]] = row["labels"]
+        labels[start] = IGNORE_INDEX  # the document's bos: no target across the boundary before it
         images += row["images"]
         crops += row["images_spatial_crop"]
         offsets += [offset + int(start) for offset in row["image_token_offsets"]]
@@ -147,6 +150,7 @@ def pack_rows(rows: Sequence[dict[str, Any]], max_seq_len: int, pad_id: int) -> 
         "num_loss_tokens": sum(row["num_loss_tokens"] for row in rows),
         "seq_len": max_seq_len,
         "truncated": any(row["truncated"] for row in rows),
+        "special_strings_as_text": sum(row["special_strings_as_text"] for row in rows),
         "tokenizer_sha256": tokenizer_sha256,
         "shape_fingerprint": shape_fingerprint,
         "position_ids": position_ids,
@@ -158,6 +162,7 @@ def pack_rows(rows: Sequence[dict[str, Any]], max_seq_len: int, pad_id: int) -> 
                 "kind": row["kind"],
                 "part": row["part"],
                 "seq_len": row["seq_len"],
+                "special_strings_as_text": row["special_strings_as_text"],
             }
             for row in rows
         ],

@@ -36,6 +36,7 @@ from pipeline.templates import (
     Rendered,
     TemplateConfig,
     TemplateError,
+    Token,
     render,
     render_document,
 )
@@ -138,7 +139,8 @@ class SequenceBuilder:
         samples = list(samples)
         rendered: list[Rendered | Built] = []
         texts: list[str] = []
-        special = self._special_ids
+        literal: list[int] = []  # per sample: special-token strings its text spells (kept as text)
+        count = self.tokenizer.count_special_strings
         for sample in samples:
             problem = self._check_images(sample)
             if problem is not None:
@@ -150,17 +152,18 @@ class SequenceBuilder:
                 rendered.append(Built([], self._reject(sample, error.reason, error.detail)))
                 continue
             rendered.append(result)
-            for block in result.blocks:
-                for part in block.parts:
-                    if isinstance(part, str) and part not in special:
-                        texts.append(part)
+            first = len(texts)
+            texts += [part for block in result.blocks for part in block.parts if type(part) is str]
+            literal.append(sum(count(text) for text in texts[first:]))
         tokens = self._encode(texts)
         built: list[Built] = []
+        found = iter(literal)
         for sample, result in zip(samples, rendered, strict=True):
             if isinstance(result, Built):
                 built.append(result)
             else:
-                built.append(self._finish(sample, result, self._tokenize(result.blocks, tokens)))
+                blocks = self._tokenize(result.blocks, tokens)
+                built.append(self._finish(sample, result, blocks, next(found)))
         return built
 
     def build_table(self, samples: pa.Table) -> tuple[pa.Table, pa.Table]:
@@ -204,19 +207,22 @@ class SequenceBuilder:
                     items.append(part)
                     run = None
                     continue
-                token_id = special.get(part)
                 if run is None:
                     run = []
                     items.append(run)
-                if token_id is None:
-                    run += next(tokens)
+                if type(part) is Token:
+                    run.append(special[part])
                 else:
-                    run.append(token_id)
+                    run += next(tokens)
             out.append(_Tokens(items, block.loss, block.eos))
         return out
 
-    def _finish(self, sample: Mapping[str, Any], rendered: Rendered, blocks: list[_Tokens]) -> Built:
-        row = self._row(sample, blocks)
+    def _finish(
+        self, sample: Mapping[str, Any], rendered: Rendered, blocks: list[_Tokens], literal: int
+    ) -> Built:
+        """The row of a tokenized sample, with the length policy applied; `literal` is the number of
+        special-token strings its text spells (kept as text)."""
+        row = self._row(sample, blocks, literal=literal)
         length = row["seq_len"]
         if length <= self.max_seq_len:
             return Built([row])
@@ -239,7 +245,7 @@ class SequenceBuilder:
             return Built(
                 [], self._reject(sample, "no_loss_tokens", f"{detail}; truncation leaves no trained text")
             )
-        return Built([self._row(sample, kept, truncated=True)])
+        return Built([self._row(sample, kept, truncated=True, literal=literal)])
 
     def _grid(self, sample: Mapping[str, Any], index: int, cropping: bool) -> tuple[tuple[int, int], int]:
         """(grid, image token count) of a sample image, cached per size."""
@@ -260,6 +266,7 @@ class SequenceBuilder:
         *,
         truncated: bool = False,
         part: int = 0,
+        literal: int = 0,
     ) -> dict[str, Any]:
         order: list[int] = []
         total = 1
@@ -275,10 +282,11 @@ class SequenceBuilder:
         for _, count in grids:
             total += count
         # Filled by slices: one numpy call per text run or image, never one Python step per token. Labels
-        # start as a copy and lose the bos, the blocks not trained on and the images inside trained ones.
+        # start as a copy (position 0 keeps the bos id, as the official target_ids do) and lose the blocks
+        # not trained on and the images inside trained ones.
         ids = np.empty(total, dtype=np.int32)
         ids[0] = self._bos
-        ignored = [(0, 1)]
+        ignored: list[tuple[int, int]] = []
         offsets: list[int] = []
         crops: list[list[int]] = []
         next_grid = iter(grids).__next__
@@ -347,6 +355,7 @@ class SequenceBuilder:
             "num_loss_tokens": num_loss,
             "seq_len": total,
             "truncated": truncated,
+            "special_strings_as_text": literal,
             "tokenizer_sha256": self._identity,
             "shape_fingerprint": self._fingerprint,
             "position_ids": None,
@@ -502,8 +511,9 @@ class SequenceBuilder:
             block = render_document(segments)
         except TemplateError:
             return None
-        tokens = self._encode([p for p in block.parts if isinstance(p, str) and p not in self._special_ids])
-        return self._row(sample, self._tokenize([block], tokens), part=part)
+        texts = [p for p in block.parts if type(p) is str]
+        literal = sum(self.tokenizer.count_special_strings(text) for text in texts)
+        return self._row(sample, self._tokenize([block], self._encode(texts)), part=part, literal=literal)
 
     # ------------------------------------------------------------------------------------------------
 

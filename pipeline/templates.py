@@ -1,27 +1,30 @@
 """Templates: how a sample of each kind becomes the official DeepSeek-VL2 ("deepseek" format) stream of text,
 special tokens and images, before tokenization.
 
-Two renderings exist (spec §3):
+Two renderings exist (the README's "Templates and labels" section shows them with their ids):
 
-- **chat**: bos, then per user turn the text `<|User|>: {content}\\n\\n<|Assistant|>:` (system text and
-  `\\n\\n` before the first turn when there is one), per assistant turn `{content}` followed by eos. Every
-  turn's content is stripped at both ends, as the official processor does; an answer is tokenized on its own,
-  with no leading space. Only answers and their eos are trained on.
+- **chat**, as the official processor's `process_one` (training path) builds it: bos; a system text, if any,
+  stripped and on its own (not trained on, no separator after it); per user turn the text
+  `<|User|>: {content}\\n\\n<|Assistant|>:` (`<|User|>:<|Assistant|>:` when the turn is empty); per assistant
+  turn `{content}` followed by eos (just the eos when it is empty). Every turn's content is stripped at both
+  ends; an answer is tokenized on its own, with no leading space. Only answers and their eos are trained on.
+  A source's configured `system` text is rendered exactly as a system message for samples that carry none
+  (the official `system_prompt=` argument never reaches the ids; a system message does).
 - **plain** (pretraining documents): bos, the segments in order, eos. Consecutive text segments are joined by
   one `\\n`; an image sits in place with no whitespace added; the whole document is stripped at both ends.
   Text and eos are trained on.
 
 Per kind (a sample whose segments carry roles is always rendered as the conversation it is):
 
-- caption: chat (default) `<image>\n{caption prompt}` → the caption; or plain `<image>{caption}`.
+- caption: chat (default) `<image>\\n{caption prompt}` → the caption; or plain `<image>{caption}`.
 - conversation: chat, as given.
 - interleaved, text: plain.
-- ocr: chat (default) `<image>\n{ocr prompt}` → the transcription; with regions (lines or words with boxes)
-  `<image>\n{ocr_grounded prompt}` → one `<|ref|>{text}<|/ref|><|det|>[[x1, y1, x2, y2]]<|/det|>` per region,
+- ocr: chat (default) `<image>\\n{ocr prompt}` → the transcription; with regions (lines or words with boxes)
+  `<image>\\n{ocr_grounded prompt}` → one `<|ref|>{text}<|/ref|><|det|>[[x1, y1, x2, y2]]<|/det|>` per region,
   one per line; or plain `<image>{transcription}`.
 - grounding: chat. When every region has a position in the text, a grounded caption:
-  `<image>\n{grounded_caption prompt}` (it opens with `<|grounding|>`) → the text with each phrase replaced
-  by its ref/det span; otherwise one turn per referring expression: `<image>\nLocate <|ref|>{query}<|/ref|>
+  `<image>\\n{grounded_caption prompt}` (it opens with `<|grounding|>`) → the text with each phrase replaced
+  by its ref/det span; otherwise one turn per referring expression: `<image>\\nLocate <|ref|>{query}<|/ref|>
   in the given image.` → `<|ref|>{query}<|/ref|><|det|>[[...]]<|/det|>`. A grounded conversation (roles
   given) gets the spans at the regions' positions and `<|grounding|>` at the start of its first user text.
 
@@ -30,10 +33,13 @@ prompts come from lists shipped in `pipeline/data/prompts.json` and are chosen d
 `sample_id`. Grounding boxes are written as `<|det|>[[x1, y1, x2, y2], ...]<|/det|>` (several boxes of one
 phrase in one list) in integers 0..999 relative to the original image (:func:`quantize`).
 
-Special-token strings inside any text (`<|ref|>`, `<|User|>`, ...) become those tokens; an `<image>` string
-inside text is an error (images are segments of the sample). The output, :class:`Rendered`, is a list of
-:class:`Block`; each holds parts that are ordinary text (`str`), special-token strings (`str`, a key of
-`SPECIAL_STRINGS`' values) or images (`int`, an index into the sample's `images`).
+Special-token strings in data text: the grounding markup (`<|ref|>`, `<|/ref|>`, `<|det|>`, `<|/det|>`,
+`<|grounding|>`) becomes those tokens, as in the official processor; an `<image>` string inside text is an
+error (images are segments of the sample); every other special-token string (`<|User|>`, `<|Assistant|>`,
+`<｜end▁of▁sentence｜>`, ...) stays ordinary text, so data cannot inject role or control tokens (see
+`pipeline.tokenizer`). The output, :class:`Rendered`, is a list of :class:`Block`; each holds parts that are
+ordinary text (`str`), special tokens (:class:`Token`, a `str` subclass holding a value of `SPECIAL_STRINGS`)
+or images (`int`, an index into the sample's `images`).
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pipeline.tokenizer import SPECIAL_STRINGS
+from pipeline.tokenizer import GROUNDING_STRINGS, SPECIAL_STRINGS
 
 __all__ = [
     "KIND_RENDERS",
@@ -59,6 +65,7 @@ __all__ = [
     "Rendered",
     "TemplateConfig",
     "TemplateError",
+    "Token",
     "box_pixels",
     "choose_prompt",
     "format_boxes",
@@ -88,20 +95,22 @@ with positions (OCR samples with line or word boxes). grounded_caption: asks for
 `{query}` stands for the expression."""
 
 Part = str | int
-"""Ordinary text, a special-token string, or an image (index into the sample's `images`)."""
+"""Ordinary text (`str`), a special token (`Token`), or an image (index into the sample's `images`)."""
 
-_SPECIAL_SPLIT = re.compile("(" + "|".join(re.escape(s) for s in SPECIAL_STRINGS.values()) + ")")
+_IN_TEXT = [SPECIAL_STRINGS["image"], *GROUNDING_STRINGS.values()]
+_SPECIAL_SPLIT = re.compile("(" + "|".join(re.escape(s) for s in _IN_TEXT) + ")")
 _IMAGE = SPECIAL_STRINGS["image"]
 _REF, _REF_END = SPECIAL_STRINGS["ref_start"], SPECIAL_STRINGS["ref_end"]
 _DET, _DET_END = SPECIAL_STRINGS["det_start"], SPECIAL_STRINGS["det_end"]
 _GROUNDING = SPECIAL_STRINGS["grounding"]
 
 
-class _Token(str):
-    """A special-token string the template itself places: `_finish` passes it through unsearched."""
+class Token(str):
+    """A special token in a block's parts, spelled by its string (a value of `SPECIAL_STRINGS`). Its type,
+    not its spelling, makes it special: text that merely spells one is a plain `str`."""
 
 
-_USER_TOKEN, _ASSISTANT_TOKEN = _Token(SPECIAL_STRINGS["user"]), _Token(SPECIAL_STRINGS["assistant"])
+_USER_TOKEN, _ASSISTANT_TOKEN = Token(SPECIAL_STRINGS["user"]), Token(SPECIAL_STRINGS["assistant"])
 
 
 class TemplateError(ValueError):
@@ -310,32 +319,33 @@ def _turns(content: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[Part]]]
 
 
 def _chat(turns: Sequence[tuple[str, Sequence[Part]]], default_system: str) -> tuple[Block, ...]:
+    """The official processor's training stream of a conversation (see the module docstring)."""
     system = default_system.strip()
     if turns and turns[0][0] == "system":
-        system = "".join(p for p in _strip(turns[0][1]) if isinstance(p, str))
         if _images(turns[0][1]):
             raise TemplateError("bad_field", "a system turn holds an image")
+        system = "".join(p for p in _strip(turns[0][1]) if isinstance(p, str))
         turns = turns[1:]
     blocks: list[Block] = []
-    prefix = f"{system}\n\n" if system else ""
+    if system:
+        blocks.append(Block(parts=_finish([system]), loss=False, eos=False))
     answered = False
     for role, raw in turns:
         content = _strip(raw)
-        if not content:
-            raise TemplateError("empty_text", f"an empty {role} turn")
         if role == "user":
-            chunks: list[Part] = [prefix, _USER_TOKEN, ": ", *content, "\n\n", _ASSISTANT_TOKEN, ":"]
+            chunks: list[Part] = (
+                [_USER_TOKEN, ": ", *content, "\n\n", _ASSISTANT_TOKEN, ":"]
+                if content
+                else [_USER_TOKEN, ":", _ASSISTANT_TOKEN, ":"]
+            )
             blocks.append(Block(parts=_finish(chunks), loss=False, eos=False))
         elif role == "assistant":
-            if prefix:
-                blocks.append(Block(parts=_finish([prefix]), loss=False, eos=False))
             if _images(content):
                 raise TemplateError("bad_field", "an assistant turn holds an image")
             blocks.append(Block(parts=_finish(content), loss=True, eos=True))
             answered = True
         else:
             raise TemplateError("bad_field", "a system turn after the first turn")
-        prefix = ""
     if not answered:
         raise TemplateError("no_loss_tokens", "the conversation has no assistant turn")
     return tuple(blocks)
@@ -482,7 +492,7 @@ def _finish(chunks: Sequence[Part]) -> tuple[Part, ...]:
     parts: list[Part] = []
     pending: list[str] = []
     for chunk in chunks:
-        if isinstance(chunk, str) and type(chunk) is not _Token:
+        if isinstance(chunk, str) and type(chunk) is not Token:
             pending.append(chunk)
             continue
         if pending:
@@ -496,12 +506,14 @@ def _finish(chunks: Sequence[Part]) -> tuple[Part, ...]:
 
 def _cut_text(text: str, parts: list[Part]) -> None:
     """Append `text` to `parts` cut at special-token strings, leaving out empty pieces."""
-    if "<" not in text:  # no special-token string in it: no need for the regular expression
+    if "<" not in text:  # no grounding or image string in it: no need for the regular expression
         if text:
             parts.append(text)
         return
-    for piece in _SPECIAL_SPLIT.split(text):
-        if piece == _IMAGE:
-            raise TemplateError("placeholder_mismatch", f"text holds an {_IMAGE} string")
-        if piece:
+    for index, piece in enumerate(_SPECIAL_SPLIT.split(text)):
+        if index % 2:  # the separators the split kept
+            if piece == _IMAGE:
+                raise TemplateError("placeholder_mismatch", f"text holds an {_IMAGE} string")
+            parts.append(Token(piece))
+        elif piece:
             parts.append(piece)

@@ -6,16 +6,19 @@ the corpus) and returns a `Report` of `Problem`s, each naming the file and, for 
 `check_row` holds the row invariants on their own, for any code that makes or edits rows:
 
 - `seq_len`, `labels` and `input_ids` have one length; every id lies in [0, vocab_size);
-- a label is -100 or the token's own id, and -100 on bos and on every `<image>` token;
+- a label is -100 or the token's own id, and -100 on every `<image>` token; a row starts with bos, labelled
+  with the bos id as in the official `target_ids` (-100 in outputs of shard schema 1), and each document of a
+  packed row starts with bos labelled -100;
 - each image's span at its `image_token_offsets` entry is exactly `image_token_count(grid)` `<image>` ids for
   its stored grid, and no `<image>` id lies outside the spans; the grid is the one `pipeline.tiling` gives
   the image's stored size (cropping off when its document has more than two images);
 - `num_image_tokens`, `num_text_tokens`, `num_loss_tokens` agree with the tokens; the row carries the
   manifest's tokenizer and shape identities; a packed row's `cu_seqlens`, `position_ids` and `documents`
-  agree with each other.
+  agree with each other, and its `special_strings_as_text` is its documents' sum.
 
 Filter measurement files (`filters/`, listed under the manifest's `filters.measurements`) are checked like the
-others, and the samples they say a filter dropped must equal the reject rows of that filter's reason.
+others, and the samples they say a filter dropped must equal the reject rows of that filter's reason. The
+manifest's `config_sha256` must be the identity of the config it records (`pipeline.shards.config_identity`).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from model_shapes import ModelShape
 from pipeline import images as image_io
 from pipeline import layout, tiling
 from pipeline.filters import FILTERS, MEASUREMENT_SCHEMA
-from pipeline.shards import MANIFEST, OutputDir
+from pipeline.shards import MANIFEST, OutputDir, canonical_json, config_identity
 from schemas import reject as reject_schema
 from schemas import shard as shard_schema
 from schemas.shard import IGNORE_INDEX
@@ -109,6 +112,7 @@ class Expected:
     tokenizer_sha256: str
     shape_fingerprint: str
     max_seq_len: int | None = None
+    shard_version: int = shard_schema.SCHEMA_VERSION
 
 
 def shape_for(manifest: Mapping[str, Any], shape: ModelShape | str | None = None) -> ModelShape:
@@ -206,15 +210,22 @@ def check_row(row: Mapping[str, Any], expected: Expected) -> list[str]:
     is_image = ids == special.image
     if (trained & is_image).any():
         problems.append(f"{int((trained & is_image).sum())} <image> tokens are trained on (label not -100)")
-    if row["num_loss_tokens"] != int(trained.sum()):
+    if row["num_loss_tokens"] != int(trained[1:].sum()):
         problems.append(
-            f"num_loss_tokens {row['num_loss_tokens']} but {int(trained.sum())} labels are not -100"
+            f"num_loss_tokens {row['num_loss_tokens']} but {int(trained[1:].sum())} labels after position 0 "
+            "are not -100"
         )
 
     bounds, documents = _documents(row, length, problems)
+    packed = row["kind"] == "packed"
+    first_label = IGNORE_INDEX if packed or expected.shard_version < 2 else special.bos
     for start in bounds[:documents]:
-        if ids[start] != special.bos or labels[start] != IGNORE_INDEX:
-            problems.append(f"the document at position {start} does not start with bos labelled -100")
+        if ids[start] != special.bos or labels[start] != first_label:
+            problems.append(
+                f"the document at position {start} does not start with bos labelled {first_label}"
+            )
+    if expected.shard_version >= 2:
+        problems += _check_special_strings(row, packed)
     problems += _check_images(row, ids, is_image, bounds, shape)
     if row["num_image_tokens"] != int(is_image.sum()):
         problems.append(f"num_image_tokens {row['num_image_tokens']} but the row holds {int(is_image.sum())}")
@@ -227,6 +238,17 @@ def check_row(row: Mapping[str, Any], expected: Expected) -> list[str]:
         if not region["boxes"] or any(len(box) != 4 for box in region["boxes"]):
             problems.append(f"region {index} has no box or a box without 4 coordinates")
     return problems
+
+
+def _check_special_strings(row: Mapping[str, Any], packed: bool) -> list[str]:
+    count = row["special_strings_as_text"]
+    if count < 0:
+        return [f"special_strings_as_text is negative ({count})"]
+    if packed and row["documents"] is not None:
+        total = sum(document["special_strings_as_text"] for document in row["documents"])
+        if count != total:
+            return [f"special_strings_as_text {count} but its documents hold {total}"]
+    return []
 
 
 def _documents(row: Mapping[str, Any], length: int, problems: list[str]) -> tuple[np.ndarray, int]:
@@ -333,15 +355,23 @@ def verify(
         report.add(
             MANIFEST, f"model shape {loaded.name} has fingerprint {loaded.fingerprint()}, not the manifest's"
         )
+    _check_identity(manifest, report)
+    shard_version = manifest.get("schema_versions", {}).get("shard", shard_schema.SCHEMA_VERSION)
+    try:
+        shards_schema = shard_schema.schema_for_version(shard_version)
+    except ValueError as error:
+        report.add(MANIFEST, str(error))
+        shard_version, shards_schema = shard_schema.SCHEMA_VERSION, shard_schema.SCHEMA
     expected = Expected(
         shape=loaded,
         tokenizer_sha256=manifest["tokenizer"]["sha256"],
         shape_fingerprint=manifest["model_shape"]["fingerprint"],
         max_seq_len=manifest.get("max_seq_len"),
+        shard_version=shard_version,
     )
     counted = _Counts()
     for entry in manifest["shards"]:
-        if _check_file(out, entry, shard_schema.SCHEMA, report):
+        if _check_file(out, entry, shards_schema, report):
             report.shard_files += 1
             report.shard_rows += _scan_shard(out, entry, expected, counted, report, batch_rows)
     reject_version = manifest.get("schema_versions", {}).get("reject", reject_schema.SCHEMA_VERSION)
@@ -364,6 +394,25 @@ def verify(
             report.add(relative, "not listed in the manifest")
     _check_counts(manifest["sources"], counted, report)
     return report
+
+
+def _check_identity(manifest: Mapping[str, Any], report: Report) -> None:
+    """`config_sha256` must be the identity of the recorded config (with, from manifest version 3, the
+    tokenizer and shape identities; version 2 hashed the config alone): an edited config or identity would
+    make a rerun take another config's output for its own."""
+    version = manifest.get("vl2prep_manifest")
+    if version is None:
+        return  # not written by the pretokenize job (a hand-made output): nothing recorded to check
+    config = manifest.get("config")
+    if isinstance(version, int) and version >= 3:
+        expected = config_identity(
+            config, manifest["tokenizer"]["sha256"], manifest["model_shape"]["fingerprint"]
+        )
+    else:
+        expected = hashlib.sha256(canonical_json(config)).hexdigest()
+    found = manifest.get("config_sha256")
+    if found != expected:
+        report.add(MANIFEST, f"config_sha256 {found} is not the identity of the recorded config ({expected})")
 
 
 @dataclass

@@ -5,8 +5,8 @@ DeepSeek-VL2 processor's tensors from the row alone.
 them to Parquet. Rebuilding the official batch from a row, with `shape` = the shape whose fingerprint the row
 carries:
 
-- `input_ids`, and `target_ids` = `labels` (bos carries -100 here where the official copies bos in; after the
-  causal shift the loss never reads that position, so the loss is the same);
+- `input_ids`, and `target_ids` = `labels`, position for position (an unpacked row's labels are exactly the
+  official `target_ids`, the bos id at position 0 included);
 - `images_seq_mask` = (`input_ids` == `shape.special_tokens.image`);
 - `images_spatial_crop` = the column as is, one [w_tiles, h_tiles] row per image;
 - pixels: `pipeline.tiling.tile_image(decode(image bytes), shape, cropping=grid != [1, 1])` per image, in
@@ -24,8 +24,12 @@ Columns, in this fixed order:
 - `input_ids` (list<int32>): the token ids: bos, text pieces and special tokens, `image_token_count` copies
   of the `<image>` id per image, eos (and for a packed row, pad ids after the last document).
 - `labels` (list<int32>): the training targets, as long as `input_ids`: the id where the model is trained
-  on the token, -100 elsewhere. -100 on bos, on every image token, on user turns and system text, on pad;
-  the id on assistant answers and their eos (chat) or on all text and the eos (plain documents).
+  on the token, -100 elsewhere. -100 on every image token, on user turns and system text, on pad; the id on
+  assistant answers and their eos (chat) or on all text and the eos (plain documents). Position 0 holds the
+  bos id, as the official `target_ids` do (after the causal shift no logit is scored against it, except in a
+  left-padded batch, where the last pad position predicts it, as in the official batches). The one place rows
+  differ from the official processor's output: in a packed row, every document's first position (its bos)
+  is -100, so that no loss crosses a document boundary.
 - `images` (list<IMAGE>): the row's images in order of appearance in `input_ids`.
 - `images_spatial_crop` (list<[int32, int32]>): per image [w_tiles, h_tiles] = `pipeline.tiling.best_grid`
   of its original size, with cropping off ([1, 1]) when its sample (or split part) has more than 2 images.
@@ -35,9 +39,14 @@ Columns, in this fixed order:
   pixels (what the text writes is `pipeline.templates.quantize_box` of them); empty when none.
 - `num_image_tokens` (int32): `<image>` tokens in the row (the sum of the spans).
 - `num_text_tokens` (int32): the other tokens of the documents: bos, text, special tokens, eos (not pad).
-- `num_loss_tokens` (int32): labels that are not -100.
+- `num_loss_tokens` (int32): the tokens trained on: labels that are not -100, position 0 left out (the
+  bos there is no target of the row's own shifted loss).
 - `seq_len` (int32): len(input_ids).
 - `truncated` (bool): text was cut away to fit `max_seq_len` (the `truncate` length policy).
+- `special_strings_as_text` (int32): how many special-token strings (`<|User|>`, `<｜end▁of▁sentence｜>`, the
+  tokenizer's other special tokens; not the grounding markup) the sample's text spells. They are encoded as
+  ordinary text, where the official tokenizer would give special ids: data cannot inject control tokens
+  (`pipeline.tokenizer`). For a packed row, the sum over its documents.
 - `tokenizer_sha256` (string): sha256 of the tokenizer file (`pipeline.tokenizer.Tokenizer.identity`).
 - `shape_fingerprint` (string): `ModelShape.fingerprint()` of the model shape, special token ids included.
 - `position_ids` (list<int32>, null unless packed): per token its position within its document, restarting
@@ -53,7 +62,8 @@ import pyarrow as pa
 
 from schemas import table_of
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: labels keep the bos id at position 0 (1 held -100 there) and rows carry `special_strings_as_text`."""
 
 IGNORE_INDEX = -100
 """The label of a position the loss ignores (the official `ignore_id`)."""
@@ -88,6 +98,7 @@ DOCUMENT = pa.struct(
         pa.field("kind", pa.string(), nullable=False),
         pa.field("part", pa.int32(), nullable=False),
         pa.field("seq_len", pa.int32(), nullable=False),  # its length: one cu_seqlens step
+        pa.field("special_strings_as_text", pa.int32(), nullable=False),  # as the row column
     ]
 )
 
@@ -109,6 +120,7 @@ SCHEMA = pa.schema(
         pa.field("num_loss_tokens", pa.int32(), nullable=False),
         pa.field("seq_len", pa.int32(), nullable=False),
         pa.field("truncated", pa.bool_(), nullable=False),
+        pa.field("special_strings_as_text", pa.int32(), nullable=False),
         pa.field("tokenizer_sha256", pa.string(), nullable=False),
         pa.field("shape_fingerprint", pa.string(), nullable=False),
         pa.field("position_ids", pa.list_(pa.int32())),
@@ -117,6 +129,22 @@ SCHEMA = pa.schema(
     ],
     metadata={"vl2prep.schema": "shard", "vl2prep.schema_version": str(SCHEMA_VERSION)},
 )
+
+
+def schema_for_version(version: int) -> pa.Schema:
+    """The shard schema an output of `version` was written with: 1 lacks `special_strings_as_text` (in rows
+    and documents), 2 is `SCHEMA`. ValueError for any other version."""
+    if version == SCHEMA_VERSION:
+        return SCHEMA
+    if version == 1:
+        document_v1 = pa.struct([field for field in DOCUMENT if field.name != "special_strings_as_text"])
+        fields = [
+            pa.field("documents", pa.list_(document_v1)) if field.name == "documents" else field
+            for field in SCHEMA
+            if field.name != "special_strings_as_text"
+        ]
+        return pa.schema(fields, metadata={"vl2prep.schema": "shard", "vl2prep.schema_version": "1"})
+    raise ValueError(f"unknown shard schema version {version!r}; known: 1, {SCHEMA_VERSION}")
 
 
 def to_table(rows: list[dict]) -> pa.Table:

@@ -13,7 +13,9 @@ relative to `images_root`.
   be in user turns (`placeholder_mismatch` too).
 - Content: each turn's text is split around its placeholders into text and image segments, in order,
   with the turn number and role; text is kept exactly (the newline after `<image>` included), empty
-  pieces are dropped; a turn with neither non-blank text nor an image is `empty_text`.
+  pieces are dropped. A blank turn is kept, as the official processor keeps it: a blank user turn becomes
+  `<|User|>:<|Assistant|>:`, a blank answer trains only its eos (drop such samples with a filter, e.g.
+  `min_text_chars`, if they are unwanted).
 - Key: `<file relative to the source root>#<record index>` (0-based; blank JSON Lines lines are not
   records). Meta: every other field of the record (`id` included).
 """
@@ -55,7 +57,8 @@ class LlavaOptions(ImageOptions):
 
 def read_file(config: SourceConfig, file: str) -> Generator[Row, None, None]:
     """One sample or reject row per record of `file`, in file order."""
-    yield from record_rows(config, file, json_records(config.root, file), partial(_sample, config))
+    records = json_records(config.root, file, config.options.max_record_bytes)
+    yield from record_rows(config, file, records, partial(_sample, config))
 
 
 def _sample(config: SourceConfig, key: str, record: object) -> Row:
@@ -92,13 +95,11 @@ def _sample(config: SourceConfig, key: str, record: object) -> Row:
                 "placeholder_mismatch",
                 f"turn {turn} ({role}) has a placeholder; images go in user turns",
             )
-        if len(pieces) == 1 and not text.strip():
-            raise Rejected("sample", "empty_text", f"turn {turn} ({role}) is empty")
         for number, piece in enumerate(pieces):
             if number:
                 content.append(image_segment(image_index, turn=turn, role=role))
                 image_index += 1
-            if piece:
+            if piece or text == "":  # an empty turn keeps one empty segment: the turn itself counts
                 content.append(text_segment(piece, turn=turn, role=role))
     images = [load_image(config, path) for path in paths]
     meta = {
@@ -120,8 +121,7 @@ def _image_paths(value: object, field: str) -> list[str]:
 
 
 def _turns(value: object, field: str) -> list[tuple[str, str]]:
-    """(role, text) per turn, with roles mapped and text checked (blank text is checked later,
-    once placeholders are known)."""
+    """(role, text) per turn, with roles mapped and text checked (blank text is allowed)."""
     if value is None:
         raise Rejected("read", "missing_field", f"{field} is missing")
     if not isinstance(value, list):

@@ -1,4 +1,4 @@
-"""`vl2prep train-tokenizer`: reproducible training from files, the shipped default by default."""
+"""`vl2prep train-tokenizer`: reproducible training from files, the shipped demo model by default."""
 
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ def test_train_from_files_is_reproducible(tmp_path, capsys):
     assert f"{tmp_path / 'one.model'}: {tokenizer.file_sha256(tmp_path / 'one.model')}" in out
 
 
-def test_default_input_reproduces_the_shipped_model(tmp_path, capsys):
-    out = tmp_path / "default.model"
+def test_default_input_reproduces_the_shipped_demo_model(tmp_path, capsys):
+    out = tmp_path / "demo.model"
     assert cli.main(["train-tokenizer", "--vocab-size", "4096", "--out", str(out), "--shape", "toy"]) == 0
-    assert out.read_bytes() == tokenizer.DEFAULT_MODEL.read_bytes()
+    assert out.read_bytes() == tokenizer.DEMO_MODEL.read_bytes()
     printed = capsys.readouterr().out
     assert "4096 pieces" in printed and "fits shape toy" in printed
 

@@ -82,6 +82,7 @@ def test_example_corpus_end_to_end(ray_session, tmp_path):
     expected_reasons |= {"duplicate_image", "text_too_short"}  # the hf-captions source filters and dedups
     assert expected_reasons <= set(rejects.column("reason").to_pylist())
     assert "llava" in printed and "rejects by reason" in printed
+    assert_real_ids_decode_to_the_source_text(out, rows)
 
     # A finished job is left alone.
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
@@ -108,6 +109,39 @@ def test_example_corpus_end_to_end(ray_session, tmp_path):
     documents = sum(len(d) for d in packed.column("documents").to_pylist())
     assert documents == sum(counts["rows"] for counts in manifest["sources"].values())
     assert 0 < manifest["packing"]["efficiency"] <= 1
+
+
+def assert_real_ids_decode_to_the_source_text(out: Path, rows: pa.Table) -> None:
+    """The example job (tiny, `tokenizer: default`) writes DeepSeek-VL2 ids: the text of its LLaVA and text
+    sources decodes back from them with the shipped DeepSeek-VL2 tokenizer."""
+    import model_shapes
+    from pipeline import tokenizer
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["tokenizer"]["sha256"] == (
+        "6ae3d2a608d82e48196939a2ccfea2a545808c681fceae60afa02117a2c6fccb"
+    )
+    tiny = model_shapes.load("tiny")
+    vl2 = tokenizer.load("deepseek-vl2", tiny)
+    special = set(tiny.special_tokens.as_dict().values())
+
+    def decoded(row: dict) -> str:
+        return vl2.decode([i for i in row["input_ids"] if i not in special])
+
+    by_key = {row["key"]: row for row in rows.to_pylist()}
+    corpus = EXAMPLES / "corpus"
+    for index, record in enumerate(json.loads((corpus / "llava.json").read_text())):
+        row = by_key.get(f"llava.json#{index}")
+        if row is None:
+            continue  # a deliberately bad record, rejected
+        text = decoded(row)
+        for turn in record["conversations"]:
+            for piece in turn["value"].split("<image>"):
+                assert piece.strip() in text, (piece, text)
+    documents = [json.loads(line) for line in (corpus / "text.jsonl").read_text().splitlines()[:4]]
+    for index, document in enumerate(documents):
+        if document["text"]:
+            assert decoded(by_key[f"text.jsonl#{index}"]) == document["text"]
 
 
 def test_same_bytes_wherever_the_corpus_and_output_live(ray_session, tmp_path):

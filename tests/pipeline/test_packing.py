@@ -59,14 +59,30 @@ def test_pack_rows_concatenates_and_pads():
     packed = pack_rows([a, b], 512, PAD)
     assert packed["seq_len"] == len(packed["input_ids"]) == len(packed["labels"]) == 512
     assert packed["input_ids"].tolist() == [*a["input_ids"], *b["input_ids"], *[PAD] * 77]
-    assert packed["labels"].tolist() == [*a["labels"], *b["labels"], *[-100] * 77]
+    # Each document's bos label becomes -100 in the packed row: no loss across a document boundary.
+    assert a["labels"][0] == b["labels"][0] == 0
+    assert packed["labels"].tolist() == [-100, *a["labels"][1:], -100, *b["labels"][1:], *[-100] * 77]
     assert packed["position_ids"].tolist() == [*range(5), *range(430), *range(77)]
     assert packed["cu_seqlens"].tolist() == [0, 5, 435, 512]
     assert packed["image_token_offsets"] == [5 + b["image_token_offsets"][0]]
     assert packed["images_spatial_crop"] == [[1, 1]] and packed["regions"][0]["image"] == 0
     assert packed["documents"] == [
-        {"sample_id": a["sample_id"], "source": "src", "kind": "interleaved", "part": 0, "seq_len": 5},
-        {"sample_id": b["sample_id"], "source": "src", "kind": "interleaved", "part": 0, "seq_len": 430},
+        {
+            "sample_id": a["sample_id"],
+            "source": "src",
+            "kind": "interleaved",
+            "part": 0,
+            "seq_len": 5,
+            "special_strings_as_text": 0,
+        },
+        {
+            "sample_id": b["sample_id"],
+            "source": "src",
+            "kind": "interleaved",
+            "part": 0,
+            "seq_len": 430,
+            "special_strings_as_text": 0,
+        },
     ]
     assert (packed["source"], packed["kind"], packed["key"]) == ("packed", "packed", None)
     assert packed["num_image_tokens"] == 421 and packed["num_text_tokens"] == 435 - 421

@@ -27,14 +27,14 @@ BOS, EOS, IMG = 0, 1, 8184
 REF, REF_END, DET, DET_END, GROUNDING, USER, ASSISTANT = range(8185, 8192)
 X = -100
 
-# The default tokenizer's pieces for the text of the golden sequences, written out by hand (checked below),
+# The demo tokenizer's pieces for the text of the golden sequences, written out by hand (checked below),
 # so that a change of the shipped model shows up here.
 PIECES = {
     ": ": [3780, 3745],
     ":": [3780],
     "\nDescribe this image.\n\n": [14, 1665, 639, 491, 3764, 14, 14],
     "A cat on a mat.": [3773, 659, 299, 261, 960, 3764],
-    "You are brief.\n\n": [2800, 351, 871, 3746, 3761, 3764, 14, 14],
+    "You are brief.": [2800, 351, 871, 3746, 3761, 3764],
     ": What is this?\n\n": [3780, 3745, 575, 305, 639, 3798, 14, 14],
     "A cat.": [3773, 659, 3764],
     ": Why?\n\n": [3780, 3371, 3798, 14, 14],
@@ -121,7 +121,7 @@ def one_row(s, **options):
     return listed(row)
 
 
-def test_pieces_are_what_the_default_tokenizer_gives():
+def test_pieces_are_what_the_demo_tokenizer_gives():
     for piece, ids in PIECES.items():
         assert TOK.encode(piece) == ids, piece
 
@@ -135,7 +135,7 @@ def test_golden_caption_chat():
     prompt = [BOS, USER, *P[": "], *[IMG] * 1023, *P["\nDescribe this image.\n\n"], ASSISTANT, *P[":"]]
     answer = [*P["A cat on a mat."], EOS]
     assert row["input_ids"] == prompt + answer
-    assert row["labels"] == [X] * len(prompt) + answer
+    assert row["labels"] == [BOS] + [X] * (len(prompt) - 1) + answer  # bos keeps its id, as officially
     assert row["image_token_offsets"] == [4] and row["images_spatial_crop"] == [[2, 2]]
     assert (row["num_image_tokens"], row["num_loss_tokens"], row["seq_len"]) == (1023, 7, len(prompt) + 7)
     assert row["num_text_tokens"] == row["seq_len"] - 1023
@@ -146,7 +146,7 @@ def test_golden_caption_plain():
     s = sample("caption", [image(0), text("A cat on a mat.\n")], [png(640, 480)])  # document ends stripped
     (row,) = map(listed, build(s, TOK, options=SequenceOptions(templates=config)).rows)
     assert row["input_ids"] == [BOS, *[IMG] * 1023, *P["A cat on a mat."], EOS]
-    assert row["labels"] == [X, *[X] * 1023, *P["A cat on a mat."], EOS]
+    assert row["labels"] == [BOS, *[X] * 1023, *P["A cat on a mat."], EOS]
 
 
 def test_golden_conversation_with_system():
@@ -158,10 +158,12 @@ def test_golden_conversation_with_system():
         text("Two cats.", 4, "assistant"),
     ]
     row = one_row(sample("conversation", content))
-    first = [BOS, *P["You are brief.\n\n"], USER, *P[": What is this?\n\n"], ASSISTANT, *P[":"]]
+    # The system text on its own, masked, with no separator before <|User|>.
+    first = [BOS, *P["You are brief."], USER, *P[": What is this?\n\n"], ASSISTANT, *P[":"]]
     second = [USER, *P[": Why?\n\n"], ASSISTANT, *P[":"]]
     assert row["input_ids"] == [*first, *P["A cat."], EOS, *second, *P["Two cats."], EOS]
-    assert row["labels"] == [*[X] * len(first), *P["A cat."], EOS, *[X] * len(second), *P["Two cats."], EOS]
+    masked = [BOS, *[X] * (len(first) - 1)]
+    assert row["labels"] == [*masked, *P["A cat."], EOS, *[X] * len(second), *P["Two cats."], EOS]
     assert row["images"] == [] and row["images_spatial_crop"] == [] and row["num_loss_tokens"] == 9
 
 
@@ -169,7 +171,7 @@ def test_golden_ocr():
     row = one_row(sample("ocr", [image(0), text("OPEN")], [png(384, 384)]))  # 1×1: 421
     prompt = [BOS, USER, *P[": "], *[IMG] * 421, *P["\nRead the text.\n\n"], ASSISTANT, *P[":"]]
     assert row["input_ids"] == [*prompt, *P["OPEN"], EOS]
-    assert row["labels"] == [*[X] * len(prompt), *P["OPEN"], EOS]
+    assert row["labels"] == [BOS, *[X] * (len(prompt) - 1), *P["OPEN"], EOS]
 
 
 def test_golden_grounding_referring_expression():
@@ -188,7 +190,7 @@ def test_golden_grounding_referring_expression():
     prompt += [*P[" in the given image.\n\n"], ASSISTANT, *P[":"]]
     answer = [REF, *P["the red car"], REF_END, DET, *P["[[10, 20, 30, 40]]"], DET_END, EOS]
     assert row["input_ids"] == prompt + answer
-    assert row["labels"] == [X] * len(prompt) + answer
+    assert row["labels"] == [BOS] + [X] * (len(prompt) - 1) + answer
     assert row["regions"] == [{"phrase": "the red car", "image": 0, "boxes": [[10, 20, 30, 40]]}]
     assert row["images_spatial_crop"] == [[3, 3]]
 
@@ -198,7 +200,7 @@ def test_golden_interleaved_with_three_images_stops_cropping():
     row = one_row(sample("interleaved", content, [png(640, 480), png(999, 999), png(200, 1500)]))
     ids = [BOS, *P["Title\nFirst."], *[IMG] * 421, *P[" after"], *[IMG] * 842, *P["end"], EOS]
     assert row["input_ids"] == ids
-    assert row["labels"] == [X, *P["Title\nFirst."], *[X] * 421, *P[" after"], *[X] * 842, *P["end"], EOS]
+    assert row["labels"] == [BOS, *P["Title\nFirst."], *[X] * 421, *P[" after"], *[X] * 842, *P["end"], EOS]
     assert row["images_spatial_crop"] == [[1, 1]] * 3
     assert row["image_token_offsets"] == [5, 427, 848]
 
@@ -206,7 +208,7 @@ def test_golden_interleaved_with_three_images_stops_cropping():
 def test_golden_text():
     row = one_row(sample("text", [text("Just text.")]))
     assert row["input_ids"] == [BOS, *P["Just text."], EOS]
-    assert row["labels"] == [X, *P["Just text."], EOS]
+    assert row["labels"] == [BOS, *P["Just text."], EOS]
     assert row["tokenizer_sha256"] == TOK.identity and row["shape_fingerprint"] == TOY.fingerprint()
     assert (row["part"], row["truncated"], row["position_ids"], row["documents"]) == (0, False, None, None)
 
@@ -236,17 +238,31 @@ def documents(draw):
     return sample(kind, numbered, [fake_image(w, h) for w, h in sizes], key=str(draw(st.integers(0, 10**6))))
 
 
+BLANKS = st.sampled_from(["", " ", "\n \t"])
+LITERAL = st.sampled_from(["<|User|>", "<|Assistant|>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"])
+
+
 @st.composite
 def conversations(draw):
+    """Conversations as the official processor takes them: an optional system message, user turns with
+    images, blank turns, and special-token strings typed in the text (which stay text here)."""
     n_images = draw(st.integers(0, 4))
     rounds = draw(st.integers(1, 3))
-    content, placed = [], 0
+    content, placed, turn = [], 0, 0
+
+    def words():
+        return draw(st.one_of(TEXTS, BLANKS, st.tuples(TEXTS, LITERAL, TEXTS).map("".join)))
+
+    if draw(st.booleans()):
+        content.append(text(words(), turn, "system"))
+        turn += 1
     for r in range(rounds):
         here = n_images - placed if r == rounds - 1 else draw(st.integers(0, n_images - placed))
-        content += [image(placed + i, 2 * r, "user") for i in range(here)]
+        content += [image(placed + i, turn, "user") for i in range(here)]
         placed += here
-        content.append(text(draw(TEXTS), 2 * r, "user"))
-        content.append(text(draw(TEXTS), 2 * r + 1, "assistant"))
+        content.append(text(words(), turn, "user"))
+        content.append(text(words(), turn + 1, "assistant"))
+        turn += 2
     images = [fake_image(*draw(SIZES)) for _ in range(n_images)]
     return sample("conversation", content, images, key=str(draw(st.integers(0, 10**6))))
 
@@ -262,7 +278,7 @@ def check_row(row, max_seq_len=None):
     assert len(labels) == len(ids) == row["seq_len"]
     if max_seq_len is not None:
         assert row["seq_len"] <= max_seq_len
-    assert ids[0] == BOS and labels[0] == X and ids[-1] == EOS
+    assert ids[0] == BOS and labels[0] == BOS and ids[-1] == EOS
     images = row["images"]
     cropping = len(images) <= 2
     spans = set()
@@ -274,7 +290,7 @@ def check_row(row, max_seq_len=None):
     assert {i for i, is_image in enumerate(mask) if is_image} == spans
     assert sum(mask) == row["num_image_tokens"] == len(spans)
     assert all(label == X for label, is_image in zip(labels, mask, strict=True) if is_image)
-    assert row["num_loss_tokens"] == sum(label != X for label in labels)
+    assert row["num_loss_tokens"] == sum(label != X for label in labels[1:])
     assert row["num_text_tokens"] == row["seq_len"] - row["num_image_tokens"]
     assert all(label in (X, token) for label, token in zip(labels, ids, strict=True))
     return mask
@@ -287,43 +303,56 @@ def test_invariants_of_every_row(s):
     assert len(row["images"]) == len(s["images"])
     if s["kind"] == "conversation":
         assert row == official(s, row)
+        typed = "".join(segment["text"] or "" for segment in s["content"])
+        assert row["special_strings_as_text"] == TOK.count_special_strings(typed)
 
 
 def official(s, row):
-    """The row as an independent reading of the spec's `format_messages_v2` gives it: each user turn's string
-    (`<|User|>: {content}\\n\\n<|Assistant|>:`) split at `<image>` and tokenized piecewise, specials by their
-    ids; each answer tokenized alone plus eos; targets = the ids of answers, -100 on everything else."""
-    special = {v: getattr(TOY.special_tokens, k) for k, v in tokenizer.SPECIAL_STRINGS.items()}
-    split = re.compile("(" + "|".join(map(re.escape, special)) + ")")
+    """The row as an independent reading of the official `process_one` (training path) gives it: bos (its id
+    also the first label); a system message stripped and tokenized alone, masked; each user turn's string
+    (`<|User|>: {content}\\n\\n<|Assistant|>:`, or `<|User|>:<|Assistant|>:` when blank) split at
+    `<image>` and the special tokens and tokenized piecewise, masked; each answer stripped and tokenized
+    alone, plus eos, trained; -100 on images. The one departure: special-token strings typed in the data stay
+    text, so only the grounding markup in the text becomes special ids."""
+    special = {v: getattr(TOY.special_tokens, k) for k, v in tokenizer.GROUNDING_STRINGS.items()}
+    split = re.compile("(" + "|".join(map(re.escape, ["<image>", *special])) + ")")
     cropping = len(s["images"]) <= 2
     counts = [
         layout.image_token_count(tiling.best_grid((i["width"], i["height"]), TOY, cropping), TOY)
         for i in s["images"]
     ]
-    ids, labels = [BOS], [X]
+
+    def tokens_of(text, images=None):
+        tokens = []
+        for piece in split.split(text):
+            if piece == "<image>":
+                tokens += [IMG] * counts[next(images)]
+            elif piece in special:
+                tokens.append(special[piece])
+            elif piece:
+                tokens += TOK.encode(piece)
+        return tokens
+
+    ids, labels = [BOS], [BOS]
     turns = {}
     for segment in s["content"]:
         turns.setdefault(segment["turn"], []).append(segment)
     for number in sorted(turns):
         segments = turns[number]
         body = "".join(seg["text"] if seg["type"] == "text" else "<image>" for seg in segments).strip()
-        if segments[0]["role"] == "user":
-            prompt = f"<|User|>: {body}\n\n<|Assistant|>:"
+        role = segments[0]["role"]
+        if role == "system":
+            tokens = tokens_of(body)
+            ids += tokens
+            labels += [X] * len(tokens)
+        elif role == "user":
             images = iter(seg["image"] for seg in segments if seg["type"] == "image")
-            tokens = []
-            for piece in split.split(prompt):
-                if piece == "<image>":
-                    tokens += [IMG] * counts[next(images)]
-                elif piece in special:
-                    tokens.append(special[piece])
-                elif piece:
-                    tokens += TOK.encode(piece)
+            tail = tokens_of(f": {body}\n\n", images) if body else TOK.encode(":")
+            tokens = [USER, *tail, ASSISTANT, *TOK.encode(":")]
             ids += tokens
             labels += [X] * len(tokens)
         else:
-            tokens = []
-            for piece in split.split(body):
-                tokens += [special[piece]] if piece in special else TOK.encode(piece) if piece else []
+            tokens = tokens_of(body)
             ids += [*tokens, EOS]
             labels += [*tokens, EOS]
     return {**row, "input_ids": ids, "labels": labels}
@@ -527,12 +556,78 @@ def test_caches_never_change_the_rows(monkeypatch):
         assert shard.to_table([row for b in builder.build_many(samples) for row in b.rows]).equals(expected)
 
 
-def test_golden_caption_with_tiny_ids():
-    # The same tokenizer with the tiny shape: ordinary pieces as with toy, special ids as the real tiny.
-    tiny = tokenizer.load("default", model_shapes.load("tiny"))
-    s = sample("caption", [image(0), text("A cat on a mat.")], [png(384, 384)])
-    (row,) = build(s, tiny, options=SequenceOptions(templates=CONFIG)).rows
-    prompt = [0, 128821, *P[": "], *[128815] * 421, *P["\nDescribe this image.\n\n"], 128822, *P[":"]]
-    assert row["input_ids"].tolist() == [*prompt, *P["A cat on a mat."], 1]
-    assert row["labels"].tolist() == [*[X] * len(prompt), *P["A cat on a mat."], 1]
-    assert row["shape_fingerprint"] == model_shapes.load("tiny").fingerprint()
+# ----------------------------------------------------------------------------------------------------
+# the real DeepSeek-VL2 tokenizer with the tiny shape; the official processor's rules, each named
+
+TINY = model_shapes.load("tiny")
+VL2 = tokenizer.load("default", TINY)
+
+
+def conversation(*turns, images=()):
+    """A conversation sample from (role, text) turns; `<image>` in a user text is the next image."""
+    content, index = [], 0
+    for number, (role, value) in enumerate(turns):
+        for k, piece in enumerate(value.split("<image>")):
+            if k:
+                content.append(image(index, number, role))
+                index += 1
+            content.append(text(piece, number, role))
+    return sample("conversation", content, images)
+
+
+def test_tiny_rows_carry_the_real_deepseek_vl2_ids():
+    # The official processor's output for golden case single_basic (tests/golden/tokens): the same
+    # conversation as a caption sample with that prompt gives the same ids.
+    s = sample("caption", [image(0), text("A red square on a plain background.")], [png(640, 480)])
+    (row,) = map(listed, build(s, VL2, options=SequenceOptions(templates=CONFIG)).rows)
+    prompt = [0, 128821, 28, 223, *[128815] * 1023, 201, 72188, 566, 4609, 339, 128822, 28]
+    answer = [35, 4332, 5080, 377, 260, 17603, 6951, 16, 1]
+    assert row["input_ids"] == prompt + answer
+    assert row["labels"] == [0, *[X] * (len(prompt) - 1), *answer]
+    assert row["shape_fingerprint"] == TINY.fingerprint() and row["tokenizer_sha256"] == VL2.identity
+
+
+def test_labels_keep_the_bos_id_at_position_0_as_the_official_target_ids():
+    (row,) = build(conversation(("user", "Hi"), ("assistant", "Hello.")), VL2).rows
+    assert row["labels"][0] == row["input_ids"][0] == 0
+    assert row["num_loss_tokens"] == int((row["labels"][1:] != X).sum())  # the bos is no target of the row
+
+
+def test_a_system_message_is_encoded_alone_with_no_separator():
+    system = "You are a careful visual assistant."
+    (row,) = build(conversation(("system", f" {system}\n"), ("user", "Hi"), ("assistant", "Yes.")), VL2).rows
+    alone = VL2.encode(system)
+    ids = row["input_ids"].tolist()
+    assert ids[: 2 + len(alone)] == [0, *alone, 128821]
+    assert row["labels"].tolist()[1 : 1 + len(alone)] == [X] * len(alone)
+    # With the "\n\n" of the readable sft_format string the last piece would merge into another id.
+    assert VL2.encode(system + "\n\n")[-1] == 339 != alone[-1]
+
+
+def test_a_source_system_text_is_rendered_as_a_system_message():
+    turns = (("user", "<image>\nWhat is this?"), ("assistant", "A grey square."))
+    configured = SequenceOptions(templates=TemplateConfig(system=" Answer briefly. "))
+    (by_source,) = build(conversation(*turns, images=[png(512, 512)]), VL2, options=configured).rows
+    as_message = conversation(("system", "Answer briefly."), *turns, images=[png(512, 512)])
+    (by_message,) = build(as_message, VL2).rows
+    assert by_source["input_ids"].tolist() == by_message["input_ids"].tolist()
+    assert by_source["labels"].tolist() == by_message["labels"].tolist()
+
+
+def test_special_token_strings_typed_in_the_data_stay_text_and_are_counted():
+    typed = conversation(("user", "Say <|User|> twice: <|User|>"), ("assistant", "Done<｜end▁of▁sentence｜>"))
+    (row,) = build(typed, VL2).rows
+    ids = row["input_ids"].tolist()
+    assert ids.count(128821) == 1 and ids.count(1) == 1  # the template's <|User|> and eos only
+    assert row["special_strings_as_text"] == 3
+    text_ids = [i for i in ids if i < 128815 and i > 2]
+    assert "<|User|>" in VL2.decode(text_ids) and "<｜end▁of▁sentence｜>" in VL2.decode(text_ids)
+    # The grounding markup in data text does become its ids, as officially.
+    (grounded,) = build(conversation(("user", "Find it."), ("assistant", "<|ref|>it<|/ref|>")), VL2).rows
+    assert 128816 in grounded["input_ids"].tolist() and grounded["special_strings_as_text"] == 0
+
+
+def test_empty_turns_as_the_official_processor_takes_them():
+    (row,) = build(conversation(("user", "  "), ("assistant", "")), VL2).rows
+    assert row["input_ids"].tolist() == [0, 128821, 28, 128822, 28, 1]  # <|User|>:<|Assistant|>: eos
+    assert row["labels"].tolist() == [0, X, X, X, X, 1] and row["num_loss_tokens"] == 1

@@ -69,18 +69,69 @@ def test_conversation_as_given_with_system_and_stripping():
     out = render(s)
     assert out.render == "chat" and out.images == (0,)
     assert out.blocks == (
-        Block(("Be brief.\n\n", U, ": ", 0, "\nWhat is this?\n\n", A, ":"), loss=False, eos=False),
+        Block(("Be brief.",), loss=False, eos=False),  # stripped, on its own, no separator after it
+        Block((U, ": ", 0, "\nWhat is this?\n\n", A, ":"), loss=False, eos=False),
         Block(("A cat.",), loss=True, eos=True),
         Block((U, ": Why?\n\n", A, ":"), loss=False, eos=False),
         Block(("It ", REF, "purrs", REF_END, "."), loss=True, eos=True),
     )
 
 
-def test_configured_system_text_only_before_the_first_turn():
+def test_configured_system_text_is_rendered_as_a_system_message():
     s = sample("conversation", [text("Hi", 0, "user"), text("Hello", 1, "assistant")])
-    (first, answer) = render(s, TemplateConfig(system="You help.")).blocks
-    assert first.parts == ("You help.\n\n", U, ": Hi\n\n", A, ":")
+    (system, first, answer) = render(s, TemplateConfig(system=" You help.\n")).blocks
+    assert system == Block(("You help.",), loss=False, eos=False)
+    assert first.parts == (U, ": Hi\n\n", A, ":")
     assert answer.parts == ("Hello",)
+    # The sample's own system message wins over the configured one.
+    own = sample(
+        "conversation",
+        [text("Be terse.", 0, "system"), text("Hi", 1, "user"), text("Hello", 2, "assistant")],
+    )
+    assert render(own, TemplateConfig(system="You help.")).blocks[0].parts == ("Be terse.",)
+    # A blank system text renders nothing.
+    assert render(s, TemplateConfig(system="  ")).blocks[0].parts == (U, ": Hi\n\n", A, ":")
+
+
+def test_empty_turns_render_as_the_official_processor_renders_them():
+    s = sample(
+        "conversation",
+        [
+            text("  ", 0, "user"),
+            text("Hi", 1, "assistant"),
+            text("Why?", 2, "user"),
+            text(" \n", 3, "assistant"),
+        ],
+    )
+    assert render(s).blocks == (
+        Block((U, ":", A, ":"), loss=False, eos=False),
+        Block(("Hi",), loss=True, eos=True),
+        Block((U, ": Why?\n\n", A, ":"), loss=False, eos=False),
+        Block((), loss=True, eos=True),  # an empty answer: only its eos is trained
+    )
+
+
+def test_special_token_strings_in_data_text():
+    """The grounding markup becomes tokens; role and control strings stay text; `<image>` is an error."""
+    s = sample(
+        "conversation",
+        [
+            text("Type <|User|> here <|ref|>", 0, "user"),
+            text("<|Assistant|> <｜end▁of▁sentence｜>", 1, "assistant"),
+        ],
+    )
+    user, answer = render(s).blocks
+    assert user.parts == (U, ": Type <|User|> here ", REF, "\n\n", A, ":")
+    assert answer.parts == ("<|Assistant|> <｜end▁of▁sentence｜>",)
+    assert [type(part) for part in user.parts] == [
+        templates.Token,
+        str,
+        templates.Token,
+        str,
+        templates.Token,
+        str,
+    ]
+    assert all(type(part) is str for part in answer.parts)
 
 
 def test_text_of_a_turn_split_around_an_image_is_joined():
@@ -250,7 +301,6 @@ def test_caption_and_ocr_can_be_plain_text_is_always_plain():
         ("caption", [image(0), image(0), text("a")], [picture()], [], "placeholder_mismatch"),
         ("conversation", [text("q", 0, "user"), image(0, 1, "assistant")], [picture()], [], "bad_field"),
         ("conversation", [text("q", 0, "user"), text("a", 0, "assistant")], [], [], "bad_field"),
-        ("conversation", [text("q", 0, "user"), text(" ", 1, "assistant")], [], [], "empty_text"),
         ("conversation", [text("q", 0, "user")], [], [], "no_loss_tokens"),
         ("conversation", [text("q", 0, "user"), text("a", 1, "system")], [], [], "bad_field"),
         ("conversation", [text("q"), text("a", 1)], [], [], "bad_field"),

@@ -1,10 +1,12 @@
-"""pipeline.tokenizer: the shipped default model, training, load-time checks against the shape, backends."""
+"""pipeline.tokenizer: the shipped tokenizers (DeepSeek-VL2's and the demo model), the default per shape,
+training, load-time checks against the shape, backends, special-token strings kept as text."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import lzma
 
 import pytest
 import sentencepiece as spm
@@ -19,7 +21,10 @@ from pipeline import tokenizer
 from pipeline.tokenizer import TokenizerError
 
 TOY = model_shapes.load("toy")
-DEFAULT = tokenizer.load("default", TOY)
+TINY = model_shapes.load("tiny")
+DEMO = tokenizer.load("default", TOY)
+VL2 = tokenizer.load("default", TINY)
+VL2_SHA256 = "6ae3d2a608d82e48196939a2ccfea2a545808c681fceae60afa02117a2c6fccb"
 
 # Text the round trip must survive: anything encodable as UTF-8 except U+2581, which sentencepiece writes
 # for a space (so it decodes as one).
@@ -36,28 +41,63 @@ def with_special_tokens(shape: model_shapes.ModelShape, vocab_size: int | None =
 
 
 # ----------------------------------------------------------------------------------------------------
-# the default model
+# the shipped tokenizers and the default per shape
 
 
-def test_default_model_is_small_and_fits_toy():
-    assert DEFAULT.kind == "sentencepiece"
-    assert DEFAULT.path == tokenizer.DEFAULT_MODEL
-    assert DEFAULT.piece_count == tokenizer.DEFAULT_VOCAB_SIZE <= 8184
-    assert tokenizer.DEFAULT_MODEL.stat().st_size < 200_000
-    assert DEFAULT.identity == hashlib.sha256(tokenizer.DEFAULT_MODEL.read_bytes()).hexdigest()
-    assert DEFAULT.identity == tokenizer.file_sha256(tokenizer.DEFAULT_MODEL)
-    assert DEFAULT.special_tokens == TOY.special_tokens and DEFAULT.shape == TOY
+@pytest.mark.parametrize("name", ["tiny", "base"])
+def test_default_of_tiny_and_base_is_the_real_deepseek_vl2_tokenizer(name):
+    shape = model_shapes.load(name)
+    loaded = tokenizer.load("default", shape)
+    assert (loaded.name, loaded.kind, loaded.path) == ("deepseek-vl2", "hf", tokenizer.DEEPSEEK_VL2)
+    assert loaded.identity == VL2_SHA256 == tokenizer.load("deepseek-vl2", shape).identity
+    assert loaded.piece_count == 128_823 and loaded.special_tokens == shape.special_tokens
+    # Ids as in the official processor's output for golden case single_basic: the user text after the
+    # image (its trailing "." and the turn separator "\n\n" are one piece, 339) and the answer.
+    assert loaded.encode("\nDescribe this image.\n\n") == [201, 72_188, 566, 4_609, 339]
+    assert loaded.encode("A red square on a plain background.") == [35, 4332, 5080, 377, 260, 17603, 6951, 16]
+    assert loaded.byte_fallback_ids() == []  # byte-level: no byte-fallback pieces
 
 
-def test_default_model_is_reproducible_from_the_shipped_text(tmp_path):
-    files = tokenizer.default_training_files()
+def test_deepseek_vl2_ships_compressed_with_provenance_and_licence():
+    path = tokenizer.DEEPSEEK_VL2
+    assert path.stat().st_size < 2 * 2**20
+    assert hashlib.sha256(lzma.decompress(path.read_bytes())).hexdigest() == VL2_SHA256
+    for name in ("tokenizer_config.json", "special_tokens_map.json", "PROVENANCE.md", "LICENSE"):
+        assert (path.parent / name).is_file()
+    assert "MIT License" in (path.parent / "LICENSE").read_text(encoding="utf-8")
+    assert VL2_SHA256 in (path.parent / "PROVENANCE.md").read_text(encoding="utf-8")
+
+
+def test_default_of_toy_is_the_demo_model():
+    assert (DEMO.name, DEMO.kind, DEMO.path) == ("demo", "sentencepiece", tokenizer.DEMO_MODEL)
+    assert DEMO.piece_count == tokenizer.DEMO_VOCAB_SIZE <= 8184
+    assert tokenizer.DEMO_MODEL.stat().st_size < 200_000
+    assert DEMO.identity == hashlib.sha256(tokenizer.DEMO_MODEL.read_bytes()).hexdigest()
+    assert DEMO.identity == tokenizer.file_sha256(tokenizer.DEMO_MODEL)
+    assert DEMO.special_tokens == TOY.special_tokens and DEMO.shape == TOY
+    assert len(DEMO.byte_fallback_ids()) == 256
+
+
+def test_small_has_no_shipped_tokenizer_and_says_what_to_give():
+    with pytest.raises(TokenizerError, match=r"'small' uses the DeepSeek-V2 tokenizer .*\{kind: hf, path: "):
+        tokenizer.load("default", model_shapes.load("small"))
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "base"])
+def test_demo_by_name_is_refused_for_the_released_shapes(name):
+    with pytest.raises(TokenizerError, match=rf"'demo' with model_shape '{name}': .*ids are not DeepSeek's"):
+        tokenizer.load("demo", model_shapes.load(name))
+
+
+def test_demo_model_is_reproducible_from_the_shipped_text(tmp_path):
+    files = tokenizer.demo_training_files()
     assert files and sum(f.stat().st_size for f in files) < 400_000
-    out = tokenizer.train_tokenizer(files, tokenizer.DEFAULT_VOCAB_SIZE, tmp_path / "again.model")
-    assert out.read_bytes() == tokenizer.DEFAULT_MODEL.read_bytes()
+    out = tokenizer.train_tokenizer(files, tokenizer.DEMO_VOCAB_SIZE, tmp_path / "again.model")
+    assert out.read_bytes() == tokenizer.DEMO_MODEL.read_bytes()
 
 
-def test_default_model_layout():
-    sp = spm.SentencePieceProcessor(model_file=str(tokenizer.DEFAULT_MODEL))
+def test_demo_model_layout():
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer.DEMO_MODEL))
     assert (sp.bos_id(), sp.eos_id(), sp.pad_id(), sp.unk_id()) == (0, 1, 2, 3)
     assert [sp.is_control(i) for i in range(4)] == [True, True, True, False]
     # Nothing but the four reserved ids is special; the next 256 are the byte-fallback pieces.
@@ -66,20 +106,50 @@ def test_default_model_layout():
     # No dummy prefix: an answer starts without a space piece.
     assert sp.encode("Hello", out_type=str)[0] == "Hello"
     # Unseen characters fall back to bytes, never to unk.
-    assert 3 not in DEFAULT.encode("\u16a0\u16a1 \U0001f9ea")
+    assert 3 not in DEMO.encode("\u16a0\u16a1 \U0001f9ea")
 
 
-@pytest.mark.parametrize("name", ["tiny", "base"])
-def test_default_model_loads_with_tiny_and_base(name):
-    shape = model_shapes.load(name)
-    loaded = tokenizer.load("default", shape)
-    assert loaded.special_tokens == shape.special_tokens
-    assert loaded.encode("A cat.") == DEFAULT.encode("A cat.")
+def test_a_hugging_face_model_folder_loads(tmp_path):
+    folder = tmp_path / "deepseek-vl2-tiny"
+    folder.mkdir()
+    (folder / "tokenizer.json").write_bytes(lzma.decompress(tokenizer.DEEPSEEK_VL2.read_bytes()))
+    config = tokenizer.DEEPSEEK_VL2.parent / "tokenizer_config.json"
+    (folder / "tokenizer_config.json").write_bytes(config.read_bytes())
+    (folder / "config.json").write_text("{}", encoding="utf-8")
+    loaded = tokenizer.load(folder, TINY)
+    assert (loaded.name, loaded.kind, loaded.identity) == (None, "hf", VL2_SHA256)
+    assert loaded.encode("A cat. <|User|>") == VL2.encode("A cat. <|User|>")
 
 
-def test_default_model_refuses_small_naming_both():
-    with pytest.raises(TokenizerError, match=r"tokenizer .* and model_shape 'small' disagree: .*bos at id 0"):
-        tokenizer.load("default", model_shapes.load("small"))
+def test_a_recorded_tokenizer_is_found_by_name_path_or_identity(tmp_path):
+    assert tokenizer.load_recorded("default", TINY, VL2_SHA256).name == "deepseek-vl2"
+    # An output made when `default` meant the demo model for tiny: found among the shipped ones by sha256.
+    assert tokenizer.load_recorded("default", TINY, DEMO.identity).name == "demo"
+    path = tmp_path / "demo.model"
+    path.write_bytes(tokenizer.DEMO_MODEL.read_bytes())
+    recorded = {"kind": "sentencepiece", "path": str(path)}
+    assert tokenizer.load_recorded(recorded, TOY, DEMO.identity).path == path
+    with pytest.raises(TokenizerError, match=r"no tokenizer with sha256 0+ found"):
+        tokenizer.load_recorded({"kind": "hf", "path": "relative.json"}, TINY, "0" * 64)
+
+
+# ----------------------------------------------------------------------------------------------------
+# special-token strings in text
+
+
+def test_special_token_strings_in_text_stay_ordinary_text_and_are_counted():
+    specials = set(TINY.special_tokens.as_dict().values())
+    text = "Say <|User|> or <｜end▁of▁sentence｜> then <｜place▁holder▁no▁5｜>."
+    ids = VL2.encode(text)
+    assert specials.isdisjoint(ids) and not any(128_000 <= i < 128_815 for i in ids)
+    assert VL2.decode(ids) == text
+    assert VL2.count_special_strings(text) == 3
+    # The grounding markup and the image placeholder are the templates' business, not counted here; a
+    # non-special added token of the V3 vocabulary (full-width <｜User｜>) is one id, as officially.
+    assert VL2.count_special_strings("<|ref|>a<|/ref|><|det|>[[1, 2, 3, 4]]<|/det|><image>") == 0
+    assert VL2.count_special_strings("<｜User｜>") == 0 and VL2.encode("<｜User｜>") == [128_803]
+    assert VL2.count_special_strings("<|Assistant|><|Assistant|>x<｜▁pad▁｜>") == 3
+    assert DEMO.count_special_strings("a <|User|> b <｜begin▁of▁sentence｜>") == 2
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -88,23 +158,23 @@ def test_default_model_refuses_small_naming_both():
 
 def test_encode_gives_ordinary_pieces_and_never_special_ids():
     text = "<|User|>: <image> <|ref|> <s></s><pad><unk>"
-    ids = DEFAULT.encode(text)
+    ids = DEMO.encode(text)
     assert set(ids).isdisjoint(TOY.special_tokens.as_dict().values())
-    assert DEFAULT.decode(ids) == text
-    assert set(DEFAULT.encode("<｜end▁of▁sentence｜>")).isdisjoint(TOY.special_tokens.as_dict().values())
-    assert DEFAULT.encode_batch(["a b", "", "c"]) == [DEFAULT.encode("a b"), [], DEFAULT.encode("c")]
+    assert DEMO.decode(ids) == text
+    assert set(DEMO.encode("<｜end▁of▁sentence｜>")).isdisjoint(TOY.special_tokens.as_dict().values())
+    assert DEMO.encode_batch(["a b", "", "c"]) == [DEMO.encode("a b"), [], DEMO.encode("c")]
 
 
 @given(TEXT)
 def test_decode_encode_round_trip(text):
-    ids = DEFAULT.encode(text)
-    assert DEFAULT.decode(ids) == text
+    ids = DEMO.encode(text)
+    assert DEMO.decode(ids) == text
     assert all(3 < i < 4096 for i in ids)
 
 
 @given(st.lists(TEXT, max_size=5))
 def test_encode_batch_equals_encode(texts):
-    assert DEFAULT.encode_batch(texts) == [DEFAULT.encode(t) for t in texts]
+    assert DEMO.encode_batch(texts) == [DEMO.encode(t) for t in texts]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -167,7 +237,7 @@ def test_unknown_kind_and_missing_file(tmp_path):
     with pytest.raises(TokenizerError, match="does not exist"):
         tokenizer.load(tmp_path / "nothing.model", TOY)
     with pytest.raises(TokenizerError, match="kind 'bpe' is not one of"):
-        tokenizer.load("default", TOY, kind="bpe")
+        tokenizer.load(tokenizer.DEMO_MODEL, TOY, kind="bpe")
     bad = tmp_path / "bad.model"
     bad.write_bytes(b"not a model")
     with pytest.raises(TokenizerError, match="is not a sentencepiece model"):
@@ -220,9 +290,7 @@ def hf_file(tmp_path_factory):
         show_progress=False,
     )
     lines = [
-        line
-        for f in tokenizer.default_training_files()
-        for line in f.read_text(encoding="utf-8").splitlines()
+        line for f in tokenizer.demo_training_files() for line in f.read_text(encoding="utf-8").splitlines()
     ]
     hf.train_from_iterator(lines, trainer)
     hf.add_special_tokens(ADDED)

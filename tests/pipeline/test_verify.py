@@ -6,10 +6,12 @@ import hashlib
 import json
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from shard_support import (
     EXPECTED,
     IMG,
+    TOK,
     TOY,
     image,
     png,
@@ -19,8 +21,9 @@ from shard_support import (
     text,
 )
 
-from pipeline import verify
+from pipeline import shards, verify
 from pipeline.packing import pack_rows
+from schemas import shard as shard_schema
 
 
 def caption_row() -> dict:
@@ -48,7 +51,8 @@ def test_each_broken_invariant_has_its_message():
         "ids outside [0, 8192)": lambda r: r["input_ids"].__setitem__(-2, 9000),
         "neither -100 nor the token's id": lambda r: r["labels"].__setitem__(-2, 5),
         "<image> tokens are trained on": lambda r: r["labels"].__setitem__(10, IMG),
-        "does not start with bos": lambda r: r["labels"].__setitem__(0, 0),
+        "does not start with bos labelled 0": lambda r: r["labels"].__setitem__(0, -100),
+        "special_strings_as_text is negative": lambda r: r.update(special_strings_as_text=-1),
         "should be 1023 <image> tokens, found 1022": lambda r: r.update(image_token_offsets=[5]),
         "stored grid 1×1 but a 640×480 image tiles to 2×2": lambda r: r.update(images_spatial_crop=[[1, 1]]),
         "num_text_tokens": lambda r: r.update(num_text_tokens=1),
@@ -115,6 +119,25 @@ def test_an_output_written_before_the_value_column_still_verifies(tmp_path):
     assert any("unknown reject schema version 7" in str(p) for p in verify.verify(str(out)).problems)
 
 
+def test_an_output_of_shard_schema_1_still_verifies(tmp_path):
+    """Shard schema 1: labels -100 at the bos (position 0), no `special_strings_as_text` column."""
+    out = small_output(tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for entry in manifest["shards"]:
+        path = out / entry["path"]
+        rows = pq.read_table(path).drop_columns(["special_strings_as_text"]).to_pylist()
+        for row in rows:
+            row["labels"][0] = -100
+        pq.write_table(pa.Table.from_pylist(rows, schema=shard_schema.schema_for_version(1)), path)
+        entry["bytes"], entry["sha256"] = path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest["schema_versions"] = {"shard": 1}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert verify.verify(str(out)).ok
+    manifest["schema_versions"] = {"shard": 2}  # the old files under the new version's name are wrong
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert any("schema differs" in str(p) for p in verify.verify(str(out)).problems)
+
+
 def test_an_edited_row_with_a_consistent_checksum_is_named(tmp_path):
     out = small_output(tmp_path)
 
@@ -149,6 +172,24 @@ def test_file_and_count_problems(tmp_path):
     ]
     for message in expected:
         assert message in messages, (message, messages)
+
+
+def test_config_sha256_must_be_the_identity_of_the_recorded_config(tmp_path):
+    out = small_output(tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    identity = shards.config_identity(manifest["config"], TOK.identity, TOY.fingerprint())
+    legacy = hashlib.sha256(shards.canonical_json(manifest["config"])).hexdigest()
+    for version, recorded, ok in (
+        (3, identity, True),
+        (2, legacy, True),
+        (3, legacy, False),
+        (3, "0" * 64, False),
+    ):
+        manifest["vl2prep_manifest"], manifest["config_sha256"] = version, recorded
+        (out / "manifest.json").write_text(json.dumps(manifest))
+        problems = [str(p) for p in verify.verify(str(out)).problems]
+        flagged = any("is not the identity of the recorded config" in p for p in problems)
+        assert flagged is not ok, (version, problems)
 
 
 def test_a_flipped_byte_fails_the_checksum(tmp_path):

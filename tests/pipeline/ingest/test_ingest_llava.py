@@ -145,10 +145,6 @@ BAD_RECORDS = {
     "value not text": ({"conversations": [{"from": "human", "value": 5}]}, "bad_field"),
     "NUL in text": ({"conversations": [{"from": "human", "value": "a\u0000b"}, ANSWER]}, "bad_text"),
     "lone surrogate": ({"conversations": [{"from": "human", "value": "a\ud800b"}, ANSWER]}, "bad_text"),
-    "empty answer": (
-        {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": " "}]},
-        "empty_text",
-    ),
     "more placeholders than images": (
         {"image": "cats/a.jpg", "conversations": [{"from": "human", "value": "<image><image>"}, ANSWER]},
         "placeholder_mismatch",
@@ -277,3 +273,29 @@ JSON_VALUES = st.recursive(
 def test_json_arrays_stream_across_any_chunk_boundary(values, chunk, indent):
     text = json.dumps(values, indent=indent)
     assert list(streams._json_array(io.StringIO(text), chunk)) == values
+
+
+def test_blank_turns_are_kept_as_the_official_processor_keeps_them(tmp_path: Path):
+    records = [
+        {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": " "}]},
+        {"conversations": [{"from": "human", "value": ""}, {"from": "gpt", "value": "Hello"}]},
+    ]
+    write(tmp_path / "data" / "chat.jsonl", jsonl(records))
+    samples, rejects, _ = read_source(reader(tmp_path, format="llava", path="data/chat.jsonl"))
+    assert rejects == []
+    blank_answer, empty_question = (
+        [(s["turn"], s["role"], s["text"]) for s in x["content"]] for x in samples
+    )
+    assert blank_answer == [(0, "user", "Hi"), (1, "assistant", " ")]
+    assert empty_question == [(0, "user", ""), (1, "assistant", "Hello")]
+
+
+def test_a_line_over_max_record_bytes_is_one_reject_and_reading_goes_on(tmp_path: Path):
+    records = [{"conversations": [CAT | {"value": "Hi"}, ANSWER]}] * 3
+    long = {"conversations": [{"from": "human", "value": "x" * 500}, ANSWER]}
+    write(tmp_path / "data" / "chat.jsonl", jsonl([records[0], long, *records[1:]]))
+    samples, rejects, counts = read_source(
+        reader(tmp_path, format="llava", path="data/chat.jsonl", max_record_bytes=200)
+    )
+    assert (counts.read, len(samples)) == (4, 3)
+    assert [(r["key"], r["reason"]) for r in rejects] == [("chat.jsonl#1", "record_too_large")]
