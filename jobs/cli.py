@@ -1,17 +1,22 @@
 """The `vl2prep` command line.
 
 Subcommands:
-- `vl2prep pretokenize CONFIG.yaml [--overwrite]`: the main job (see `jobs.pretokenize`).
+- `vl2prep pretokenize CONFIG.yaml [--overwrite] [--verbose]`: the main job (see `jobs.pretokenize`). Every
+  failure a user can cause ends in one line on stderr naming the file, key or row, and an exit code
+  (`EXIT_CODES`); `--verbose` adds the traceback.
 - `vl2prep tile IMAGE...`: tile each image exactly as the DeepSeek-VL2 processor does and print its
   grid, tile count and visual-token layout as a table (the end-to-end slice `make demo` runs).
 - `vl2prep verify OUT`: check every file of a finished output against its manifest and every row against the
   shard invariants (`pipeline.verify`); exit 1 with one line per problem, 0 with a short summary.
-- `vl2prep inspect OUT [--row N | --sample-id ID]`: print one row for a person (`pipeline.inspect_rows`).
+- `vl2prep inspect OUT [--row N | --sample-id ID]`: print one row for a person (`pipeline.inspect_rows`);
+  exit 1 when there is no such row, 2 when the manifest or the shard cannot be read.
 - `vl2prep stats OUT [--report-dir DIR]`: statistics of a finished output as a Ray job (`jobs.stats`):
-  `stats.json`, `report.html` and `report.md` in `OUT/stats/` or DIR.
+  `stats.json`, `report.html` and `report.md` in `OUT/stats/` or DIR; exit 2 when the output, or a file it
+  lists, cannot be read (the other files' statistics are still written), 5 when Ray cannot start.
 - `vl2prep validate OUT [--shape S | --weights DIR] [--samples N] [--report-dir DIR] [--batch-size B]`:
-  forward passes over a finished output on Ray actors (`jobs.validate`): `validation.json`, exit 1 listing
-  the failing sample ids.
+  forward passes over a finished output on Ray actors (`jobs.validate`): `validation.json`, always written;
+  exit 1 listing the failing sample ids and the files that could not be read, 2 when the output cannot be
+  read, 5 when Ray cannot start.
 - `vl2prep train-tokenizer --input FILES --vocab-size N --out PATH`: train a sentencepiece BPE tokenizer
   (byte fallback, no dummy prefix, ids 0-3 bos/eos/pad/unk) from text files, reproducibly.
 """
@@ -19,12 +24,33 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 EXAMPLE_IMAGES = Path(__file__).resolve().parent / "examples" / "images"
+EXIT_CODES = {
+    0: "done (or already complete)",
+    1: "the job failed (a bug or a cluster failure: rerun with --verbose for the traceback)",
+    2: "the config, or what the output folder holds, must change (the message names the key or file)",
+    3: "another job holds the output folder's lease, or this job lost it",
+    4: "the output's storage refused a write: disk full, read-only, permission denied",
+    5: "Ray could not be started, or the cluster not joined (the line says why: address, token)",
+    130: "interrupted (rerun the same command to resume)",
+}
+"""The exit codes of `vl2prep pretokenize`."""
+MESSAGE_LIMIT = 2000
+"""Longest error line printed: a message never quotes megabytes of a config."""
+_STORAGE_HINTS = {
+    errno.ENOSPC: "the disk is full: free space, then rerun the same command to resume",
+    errno.EDQUOT: "the disk quota is used up: free space, then rerun the same command to resume",
+    errno.EROFS: "the file system is read-only: choose a writable output.dir",
+    errno.EACCES: "permission denied: choose an output.dir this user may write",
+    errno.EPERM: "operation not permitted: choose an output.dir this user may write",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,11 +67,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Read every source of CONFIG, build DeepSeek-VL2 token sequences and write Parquet "
         "shards, rejects and manifest.json to output.dir, on an embedded Ray (or the cluster in ray.address "
         "or RAY_ADDRESS). The config is checked completely before Ray starts. A killed run resumes where it "
-        "stopped; a finished output is left alone unless --overwrite.",
+        "stopped; a finished output is left alone unless --overwrite, and one whose listed files are missing "
+        "or resized is made again. One job at a time holds output.dir (a lease, _lease.json), and the job "
+        "deletes only files it wrote. Exit codes: "
+        + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items())
+        + ".",
     )
     pretokenize.add_argument("config", type=Path, help="the job's YAML config")
     pretokenize.add_argument(
-        "--overwrite", action="store_true", help="replace an existing output (of this or another config)"
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output (of this or another config): removes exactly the files its "
+        "manifest and staging records list, its statistics files and its staging folder, nothing else",
+    )
+    pretokenize.add_argument(
+        "--verbose", action="store_true", help="print the traceback of a failure, not only its one line"
     )
     pretokenize.set_defaults(run=_run_pretokenize)
 
@@ -79,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="train a sentencepiece BPE tokenizer from text files",
         description="Train a sentencepiece BPE model (byte fallback, no dummy prefix, ids 0-3 = "
         "bos/eos/pad/unk, no other special token) from text files, one sentence per line. The same input "
-        "always gives the same file. With no --input, the text shipped for the default tokenizer is used.",
+        "always gives the same file. With no --input, the text the demo tokenizer is trained from is used.",
     )
     train.add_argument(
         "--input",
@@ -87,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=Path,
         default=None,
         metavar="FILE",
-        help="UTF-8 text files, read in the order given (default: the shipped training text)",
+        help="UTF-8 text files, read in the order given (default: the demo tokenizer's training text)",
     )
     train.add_argument("--vocab-size", type=int, required=True, metavar="N", help="pieces in the model")
     train.add_argument("--out", type=Path, required=True, metavar="PATH", help="the .model file to write")
@@ -179,14 +215,72 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run_pretokenize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from jobs import pretokenize
-    from jobs.config import ConfigError, load_config
+    from jobs.config import load_config
 
+    output_dir = None
     try:
         config = load_config(args.config)
-    except ConfigError as error:
-        print(f"{args.config}: {error}", file=sys.stderr)
-        return 2
-    return pretokenize.run(config, overwrite=args.overwrite)
+        output_dir = config.output_dir
+        return pretokenize.run(config, overwrite=args.overwrite)
+    except (Exception, KeyboardInterrupt) as error:
+        if args.verbose:
+            traceback.print_exc()
+        code, line = failure(error, args.config, output_dir)
+        print(line, file=sys.stderr)
+        return code
+
+
+def failure(error: BaseException, config: Path, output_dir: str | None = None) -> tuple[int, str]:
+    """(exit code, one line) for an error of the pretokenize job on `config` (see `EXIT_CODES`); a storage
+    error that names no file is said of `output_dir`."""
+    from jobs.config import ConfigError
+    from jobs.pretokenize import OutputError
+    from jobs.ray_runtime import RayStartError
+    from pipeline.shards import LeaseError
+
+    if isinstance(error, KeyboardInterrupt):
+        return 130, "pretokenize: interrupted; rerun the same command to resume"
+    if isinstance(error, ConfigError):
+        message = str(error)
+        return 2, _one_line(message if str(config) in message else f"{config}: {message}")
+    if isinstance(error, OutputError):
+        return 2, _one_line(str(error))
+    if isinstance(error, LeaseError):
+        return 3, _one_line(str(error))
+    if isinstance(error, RayStartError):
+        return 5, _one_line(f"pretokenize: {error}")
+    storage = next((e for e in _causes(error) if isinstance(e, OSError) and e.errno is not None), None)
+    if storage is not None:
+        where = storage.filename or output_dir
+        what = storage.strerror or str(storage)
+        code = errno.errorcode.get(storage.errno, f"errno {storage.errno}")
+        hint = _STORAGE_HINTS.get(storage.errno, "check the output's storage, then rerun the same command")
+        return 4, _one_line(f"pretokenize stopped: {where + ': ' if where else ''}{what} ({code}); {hint}")
+    cause = error
+    while isinstance(getattr(cause, "cause", None), BaseException):
+        cause = cause.cause  # a Ray task error: the exception raised in the task
+    text = str(cause).strip().splitlines()
+    return 1, _one_line(
+        f"pretokenize failed: {type(cause).__name__}: {text[0] if text else ''} "
+        "(rerun with --verbose for the traceback)"
+    )
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """The error and what caused it: Ray's task errors (`cause`), then `raise ... from` and implicit
+    chaining, each once."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        cause = getattr(current, "cause", None)
+        current = cause if isinstance(cause, BaseException) else current.__cause__ or current.__context__
+
+
+def _one_line(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= MESSAGE_LIMIT else line[: MESSAGE_LIMIT - 1] + "…"
 
 
 def _run_tile(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -274,7 +368,7 @@ def _run_train_tokenizer(args: argparse.Namespace, parser: argparse.ArgumentPars
             shape = model_shapes.load(args.shape)
         except model_shapes.ShapeError as error:
             parser.error(f"--shape: {error}")
-    inputs = args.input or tokenizer.default_training_files()
+    inputs = args.input or tokenizer.demo_training_files()
     missing = [str(path) for path in inputs if not path.is_file()]
     if missing:
         parser.error(f"--input: no such file: {', '.join(missing)}")
@@ -333,12 +427,15 @@ def _run_inspect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         manifest = OutputDir(args.out).read_json(MANIFEST)
     except (OSError, ValueError) as error:
         print(f"{args.out}: cannot read {MANIFEST}: {error}", file=sys.stderr)
-        return 1
+        return 2
     try:
         shape = verify.shape_for(manifest, args.shape)
         tokenizer = inspect_rows.tokenizer_for(manifest, shape, args.tokenizer)
         row = 0 if args.row is None and args.sample_id is None else args.row
         path, number, found = inspect_rows.find_row(args.out, row=row, sample_id=args.sample_id)
+    except inspect_rows.UnreadableShard as error:
+        print(_one_line(str(error)), file=sys.stderr)
+        return 2
     except (verify.VerifyError, TokenizerError, LookupError) as error:
         print(error, file=sys.stderr)
         return 1
@@ -349,8 +446,13 @@ def _run_inspect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 
 def _run_stats(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from jobs import stats
+    from jobs.ray_runtime import RayStartError
 
-    return stats.run(args.out, report_dir=args.report_dir, tokenizer_path=args.tokenizer)
+    try:
+        return stats.run(args.out, report_dir=args.report_dir, tokenizer_path=args.tokenizer)
+    except RayStartError as error:
+        print(_one_line(f"stats: {error}"), file=sys.stderr)
+        return 5
 
 
 def _run_validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -360,14 +462,20 @@ def _run_validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         parser.error("--samples must be at least 1")
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
-    return validate.run(
-        args.out,
-        shape=args.shape,
-        weights=args.weights,
-        samples=args.samples,
-        report_dir=args.report_dir,
-        batch_size=args.batch_size,
-    )
+    from jobs.ray_runtime import RayStartError
+
+    try:
+        return validate.run(
+            args.out,
+            shape=args.shape,
+            weights=args.weights,
+            samples=args.samples,
+            report_dir=args.report_dir,
+            batch_size=args.batch_size,
+        )
+    except RayStartError as error:
+        print(_one_line(f"validate: {error}"), file=sys.stderr)
+        return 5
 
 
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

@@ -7,20 +7,30 @@ then writes `stats.json`, `report.html` and `report.md` to `OUT/stats/` (or to `
 `stats/` are not listed in the manifest.
 
 The model shape comes from the manifest (`config.model_shape`, else `model_shape.name`); the tokenizer from
-the config as recorded (`default`, or its path as written, relative to the working directory) and is used
-only if its sha256 matches the manifest. Without it, top tokens have no text and the byte-fallback share
+the config as recorded (a shipped tokenizer's name, or its path as written, relative to the working
+directory), else the shipped tokenizer with the manifest's sha256 (`pipeline.tokenizer.load_recorded`); it is
+used only if its sha256 matches the manifest. Without it, top tokens have no text and the byte-fallback share
 and characters per token are null.
+
+Damaged outputs: rows with impossible values are counted as `pipeline.stats` describes. A file of the manifest
+that cannot be read (truncated, not Parquet, missing) or whose rows cannot be counted at all has its
+statistics left out whole (a file half read would skew every number without saying so), is listed under
+`problems` in `stats.json` and is one line on stderr; the statistics of every other file are still written
+(a long pass is not lost to one damaged file), and the exit code is 2, so that no script takes the report for
+a complete one. A manifest that cannot be read (not JSON) is one line and exit 2, as when there is none.
 """
 
 from __future__ import annotations
 
-import re
 import sys
+from collections.abc import Callable
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 import model_shapes
+from jobs.ray_runtime import ray_scope
 from pipeline import report, shards, stats
 from pipeline import tokenizer as tokenizers
 
@@ -31,7 +41,6 @@ STATS_FILE = f"{STATS_DIR}/stats.json"
 VALIDATION_FILE = "validation.json"
 """Written by `jobs.validate` beside stats.json; its results become a section of the report."""
 BATCH_ROWS = 1024
-_BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
 def run(
@@ -44,21 +53,34 @@ def run(
 ) -> int:
     """Compute and write the statistics of the output at `location`; returns the process exit code.
     `tokenizer_path` replaces the tokenizer path recorded in the config (which may be relative)."""
+    with ray_scope():  # the Ray this call starts (if any) is stopped when it ends
+        return _run(location, report_dir, tokenizer_path, ray_address, num_cpus, out_stream)
+
+
+def _run(
+    location: str,
+    report_dir: str | None,
+    tokenizer_path: str | None,
+    ray_address: str | None,
+    num_cpus: int | None,
+    out_stream: Any,
+) -> int:
     out_stream = out_stream or sys.stdout
     out = shards.OutputDir(location)
     if not out.exists(shards.MANIFEST):
         print(f"{location}: no manifest.json: not a finished output", file=sys.stderr)
         return 2
-    manifest = out.read_json(shards.MANIFEST)
+    try:
+        manifest = out.read_json(shards.MANIFEST)
+    except (OSError, ValueError) as error:
+        print(f"{location}: cannot read {shards.MANIFEST}: {error}", file=sys.stderr)
+        return 2
     try:
         shape = _shape(manifest)
     except model_shapes.ShapeError as error:
         print(f"{location}: model shape: {error}", file=sys.stderr)
         return 2
-    tokenizer_spec = _tokenizer_spec(manifest)
-    if tokenizer_path is not None:
-        tokenizer_spec = (tokenizer_path, tokenizer_spec[1])
-    tokenizer = _tokenizer(tokenizer_spec, shape, manifest["tokenizer"]["sha256"])
+    tokenizer = _tokenizer(manifest, shape, tokenizer_path)
     if tokenizer is None:
         print(
             "stats: tokenizer not available: top tokens without text, no byte-fallback share", file=out_stream
@@ -66,14 +88,21 @@ def run(
     else:
         shape = tokenizer.shape
     context = stats.context_for(
-        shape, manifest["max_seq_len"], _byte_fallback_ids(tokenizer) if tokenizer else None
+        shape,
+        manifest["max_seq_len"],
+        tokenizer.byte_fallback_ids() if tokenizer else None,
+        tokenizer.piece_count if tokenizer else None,
     )
     files = [(e["path"], "shard") for e in manifest["shards"]]
     files += [(e["path"], "reject") for e in manifest["rejects"]]
     files += [(e["path"], "filter") for e in (manifest.get("filters") or {}).get("measurements", [])]
-    spec = tokenizer_spec if tokenizer else None
+    spec = (tokenizer.name or str(tokenizer.path), tokenizer.kind) if tokenizer else None
     merged = _partials(location, files, context, spec, shape, ray_address, num_cpus)
-    token_text = (lambda token_id: tokenizer.decode([token_id])) if tokenizer else None
+    token_text = (
+        (lambda token_id: tokenizer.decode([token_id]) if 0 <= token_id < tokenizer.piece_count else None)
+        if tokenizer
+        else None
+    )
     result = stats.finalize(merged, context, manifest, token_text)
 
     target = shards.OutputDir(report_dir) if report_dir else shards.OutputDir(out.path(STATS_DIR))
@@ -86,7 +115,11 @@ def run(
         f"stats: {len(files)} files → {target.location}/{{stats.json, report.html, report.md}}",
         file=out_stream,
     )
-    return 0
+    for problem in result["problems"]:
+        print(
+            f"{out.path(problem['path'])}: left out of the statistics: {problem['message']}", file=sys.stderr
+        )
+    return 2 if result["problems"] else 0
 
 
 def _shape(manifest: dict[str, Any]) -> model_shapes.ModelShape:
@@ -99,22 +132,15 @@ def _shape(manifest: dict[str, Any]) -> model_shapes.ModelShape:
     return model_shapes.load(manifest["model_shape"]["name"])
 
 
-def _tokenizer_spec(manifest: dict[str, Any]) -> tuple[str, str | None]:
-    configured = manifest.get("config", {}).get("tokenizer", "default")
-    if isinstance(configured, dict):
-        return str(configured.get("path")), configured.get("kind")
-    return str(configured), None
-
-
 def _tokenizer(
-    spec: tuple[str, str | None], shape: model_shapes.ModelShape, sha256: str
+    manifest: dict[str, Any], shape: model_shapes.ModelShape, path: str | None
 ) -> tokenizers.Tokenizer | None:
-    """The output's tokenizer, or None when it cannot be loaded or is not the one the rows were made with."""
+    """The output's tokenizer, or None when it cannot be found (see the module docstring)."""
+    recorded = manifest.get("config", {}).get("tokenizer", "default")
     try:
-        tokenizer = tokenizers.load(spec[0], shape, kind=spec[1])
-    except (tokenizers.TokenizerError, OSError, ValueError):
+        return tokenizers.load_recorded(recorded, shape, manifest["tokenizer"]["sha256"], path)
+    except tokenizers.TokenizerError:
         return None
-    return tokenizer if tokenizer.identity == sha256 else None
 
 
 _TOKENIZERS: dict[tuple[str, str | None], tokenizers.Tokenizer] = {}
@@ -127,19 +153,6 @@ def _task_tokenizer(spec: tuple[str, str | None], shape: model_shapes.ModelShape
     return _TOKENIZERS[spec]
 
 
-def _byte_fallback_ids(tokenizer: tokenizers.Tokenizer) -> list[int]:
-    """Ids of the byte-fallback pieces (`<0xNN>`) of a sentencepiece or Hugging Face tokenizer."""
-    if tokenizer.kind == "sentencepiece":
-        import sentencepiece as spm
-
-        processor = spm.SentencePieceProcessor(model_file=str(tokenizer.path))
-        return [i for i in range(processor.get_piece_size()) if processor.is_byte(i)]
-    from tokenizers import Tokenizer as HfTokenizer
-
-    vocabulary = HfTokenizer.from_file(str(tokenizer.path)).get_vocab()
-    return sorted(i for piece, i in vocabulary.items() if _BYTE_PIECE.fullmatch(piece))
-
-
 def _partials(
     location: str,
     files: list[tuple[str, str]],
@@ -150,11 +163,11 @@ def _partials(
     num_cpus: int | None,
 ) -> stats.Partial:
     """One Ray task per file; partials are merged as they finish."""
-    import ray  # after jobs.ray_runtime, which sets Ray's environment
-
     from jobs.ray_runtime import start_ray, task_cpus
 
     start_ray(ray_address, num_cpus)
+    import ray  # after start_ray, which sets Ray's environment first
+
     task = ray.remote(file_partial).options(num_cpus=task_cpus())
     pending = [task.remote(location, path, what, context, tokenizer_spec, shape) for path, what in files]
     merged = stats.Partial()
@@ -174,7 +187,22 @@ def file_partial(
 ) -> stats.Partial:
     """The partial of one shard (`what` = "shard"), reject ("reject") or filter measurement ("filter") file,
     read in batches of the needed columns. With a tokenizer spec and shape, the characters-per-token sample
-    is decoded."""
+    is decoded. A file that cannot be read, or whose rows cannot be counted, gives a partial holding only its
+    problem (see the module docstring)."""
+    decode = _task_tokenizer(tokenizer_spec, shape).decode if tokenizer_spec and shape else None
+    try:
+        return _file_partial(location, path, what, context, decode)
+    except (OSError, pa.ArrowException) as error:
+        return stats.Partial(problems={path: f"cannot be read: {_one_line(error)}"})
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _file_partial(
+    location: str, path: str, what: str, context: stats.Context, decode: Callable[[list[int]], str] | None
+) -> stats.Partial:
     out = shards.OutputDir(location)
     parquet = pq.ParquetFile(out.path(path), filesystem=out.fs)
     merged = stats.Partial()
@@ -186,9 +214,15 @@ def file_partial(
         for batch in parquet.iter_batches(BATCH_ROWS, columns=list(stats.REJECT_COLUMNS)):
             merged = stats.merge(merged, stats.reject_partial(batch))
         return merged
-    decode = _task_tokenizer(tokenizer_spec, shape).decode if tokenizer_spec and shape else None
     first_row = 0
-    for batch in parquet.iter_batches(BATCH_ROWS, columns=list(stats.SHARD_COLUMNS)):
-        merged = stats.merge(merged, stats.shard_partial(batch, context, decode, first_row))
+    leaves = [parquet.schema.column(i).path for i in range(len(parquet.schema))]
+    columns = [c for c in stats.SHARD_COLUMNS if any(p == c or p.startswith(f"{c}.") for p in leaves)]
+    for batch in parquet.iter_batches(BATCH_ROWS, columns=columns):
+        try:
+            partial = stats.shard_partial(batch, context, decode, first_row)
+        except (ValueError, IndexError, KeyError) as error:  # values or columns no sound shard has
+            rows = f"rows {first_row}-{first_row + batch.num_rows - 1}"
+            return stats.Partial(problems={path: f"{rows} cannot be counted: {_one_line(error)}"})
+        merged = stats.merge(merged, partial)
         first_row += batch.num_rows
     return merged

@@ -8,6 +8,14 @@ when the cluster has GPUs, else CPU actors that never take every CPU, each build
 batches; the driver merges the results as they arrive and writes `validation.json` to `OUT/stats/` (or to
 `report_dir`), then, when `stats.json` lies there too, rewrites the stats report with its validation section.
 The exit code is 1, with the failing sample ids listed, when any check fails.
+
+Damaged outputs: a row whose ids lie outside the vocabulary, or whose labels are not as many as its ids,
+fails its own check (`pipeline.validate`). A shard file that cannot be read (truncated, not Parquet, missing,
+fewer rows than the manifest lists) is a problem naming the file and how many of its rows were not validated;
+a batch whose work fails in its actor for any other reason is one too. The other files are still validated,
+`validation.json` is written with everything found (problems under `problems`), each problem is one line on
+stderr, and the exit code is 1. A manifest that cannot be read (not JSON) is one line and exit 2, as when
+there is none.
 """
 
 from __future__ import annotations
@@ -15,22 +23,27 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 import model_shapes
-from jobs.ray_runtime import pool_resources, start_ray
+from jobs.ray_runtime import pool_resources, ray_scope, start_ray
 from jobs.stats import STATS_DIR, VALIDATION_FILE
 from pipeline import report, shards, verify
 from pipeline import validate as checks
 
-__all__ = ["VALIDATION_FILE", "ValidationActor", "read_rows", "run"]
+__all__ = ["VALIDATION_FILE", "ValidationActor", "batch_result", "read_rows", "run"]
 
 SEED = 0
 DEFAULT_BATCH = 2
+UNREADABLE = (OSError, ValueError, pa.ArrowException)
+"""What reading a damaged shard file raises: pyarrow's errors (ArrowInvalid is a ValueError, ArrowIOError an
+OSError) and `read_rows`' own ValueError."""
 
 
 def run(
@@ -45,13 +58,34 @@ def run(
     out_stream: Any = None,
 ) -> int:
     """Validate the output at `location`; returns the process exit code (2: nothing could run)."""
+    with ray_scope():  # the Ray this call starts (if any) is stopped when it ends
+        return _run(
+            location, shape, weights, samples, report_dir, batch_size, ray_address, num_cpus, out_stream
+        )
+
+
+def _run(
+    location: str,
+    shape: str | None,
+    weights: str | None,
+    samples: int | None,
+    report_dir: str | None,
+    batch_size: int,
+    ray_address: str | None,
+    num_cpus: int | None,
+    out_stream: Any,
+) -> int:
     out_stream = out_stream or sys.stdout
     started = time.perf_counter()
     out = shards.OutputDir(location)
     if not out.exists(shards.MANIFEST):
         print(f"{location}: no manifest.json: not a finished output", file=sys.stderr)
         return 2
-    manifest = out.read_json(shards.MANIFEST)
+    try:
+        manifest = out.read_json(shards.MANIFEST)
+    except (OSError, ValueError) as error:
+        print(f"{location}: cannot read {shards.MANIFEST}: {error}", file=sys.stderr)
+        return 2
     try:
         output_shape = verify.shape_for(manifest)
         model_shape = _model_shape(output_shape, shape, weights)
@@ -86,12 +120,15 @@ def run(
         f"{counts['failed']} failed → {target.location}/{VALIDATION_FILE}",
         file=out_stream,
     )
+    for problem in summary.merged_problems:
+        print(
+            f"{out.path(problem.path)}: {problem.rows} rows not validated: {problem.message}", file=sys.stderr
+        )
     if summary.failures:
         for failure in sorted(summary.failures, key=lambda f: (f.sample_id, f.check)):
             print(f"sample {failure.sample_id}: {failure.check}: {failure.message}", file=sys.stderr)
         print(f"failing samples: {' '.join(summary.failed_sample_ids)}", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if summary.failures or summary.problems else 0
 
 
 def _model_shape(
@@ -127,13 +164,16 @@ def _batches(manifest: dict[str, Any], samples: int | None, batch_size: int) -> 
 
 
 def read_rows(location: str, path: str, numbers: list[int]) -> list[dict[str, Any]]:
-    """Rows `numbers` (ascending) of one shard, reading only the row groups that hold them."""
+    """Rows `numbers` (ascending) of one shard, reading only the row groups that hold them. Raises one of
+    `UNREADABLE` when the file cannot be read or holds fewer rows."""
     out = shards.OutputDir(location)
     rows = []
     with out.fs.open_input_file(out.path(path)) as handle:
         parquet = pq.ParquetFile(handle)
         sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.metadata.num_row_groups)]
         starts = np.cumsum([0, *sizes])
+        if numbers and numbers[-1] >= starts[-1]:
+            raise ValueError(f"it holds {starts[-1]} rows, the manifest lists row {numbers[-1]}")
         groups = np.searchsorted(starts, numbers, side="right") - 1
         for group in sorted(set(groups.tolist())):
             table = parquet.read_row_group(group)
@@ -160,7 +200,12 @@ class ValidationActor:
         self.validator = checks.Validator(model, output_shape)
 
     def validate(self, location: str, path: str, numbers: list[int]) -> checks.BatchResult:
-        return self.validator(read_rows(location, path, numbers))
+        try:
+            rows = read_rows(location, path, numbers)
+        except UNREADABLE as error:
+            message = "cannot be read: " + " ".join(str(error).split())
+            return checks.BatchResult(problems=[checks.Problem(path, len(numbers), message)])
+        return self.validator(rows)
 
 
 def _validate(
@@ -172,14 +217,14 @@ def _validate(
     ray_address: str | None,
     num_cpus: int | None,
 ) -> checks.Summary:
-    """Run the batches on a pool of actors; results are merged as they finish."""
-    import ray  # after jobs.ray_runtime (imported above), which sets Ray's environment
-    from ray.util import ActorPool
-
+    """Run the batches on a pool of actors, one batch per actor at a time; results are merged as they finish,
+    and a batch whose task fails is a problem of its file."""
     summary = checks.Summary()
     if not batches:
         return summary
     start_ray(ray_address, num_cpus)
+    import ray  # after start_ray, which sets Ray's environment first
+
     gpus = int(ray.cluster_resources().get("GPU", 0))
     most, cpus = pool_resources()
     if gpus:
@@ -190,9 +235,32 @@ def _validate(
         size = min(most, len(batches))
     actor = ray.remote(ValidationActor).options(**options)
     actors = [actor.remote(output_shape, model_shape, weights) for _ in range(size)]
-    pool = ActorPool(actors)
-    for result in pool.map_unordered(lambda a, batch: a.validate.remote(location, *batch), batches):
-        summary.add(result)
+    idle, waiting, running = list(actors), list(reversed(batches)), {}
+    while waiting or running:
+        while idle and waiting:
+            handle, batch = idle.pop(), waiting.pop()
+            running[handle.validate.remote(location, *batch)] = (handle, batch)
+        (done,), _ = ray.wait(list(running), num_returns=1)
+        handle, batch = running.pop(done)
+        idle.append(handle)
+        summary.add(batch_result(batch, lambda ref=done: ray.get(ref)))
     for handle in actors:
         ray.kill(handle)
     return summary
+
+
+def batch_result(batch: tuple[str, list[int]], get: Callable[[], checks.BatchResult]) -> checks.BatchResult:
+    """The result `get` gives for `batch`, or, when its task failed (an actor that died, an error no check
+    foresaw), a problem of the batch's file saying what the task raised."""
+    import ray
+
+    try:
+        return get()
+    except ray.exceptions.RayError as error:
+        cause = error
+        while isinstance(getattr(cause, "cause", None), BaseException):
+            cause = cause.cause  # a task error: the exception raised in the actor
+        lines = str(cause).strip().splitlines()
+        message = f"validation failed: {type(cause).__name__}: {lines[0] if lines else ''}"
+        path, numbers = batch
+        return checks.BatchResult(problems=[checks.Problem(path, len(numbers), message)])

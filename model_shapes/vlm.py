@@ -83,7 +83,9 @@ class DeepseekVL2(nn.Module):
         """Token embeddings [batch, seq, hidden] with every sample's visual features written, in order, where
         ``images_seq_mask`` is True. Only the first 1 + w·h tile slots of each image are encoded; samples
         without images (spatial crop rows all zero) skip the vision encoder. The number of visual positions of
-        each sample must equal its images' token count (ValueError otherwise)."""
+        each sample must equal its images' token count (ValueError otherwise), and every id must lie in the
+        vocabulary (ValueError naming one that does not)."""
+        _check_ids(input_ids, self.language.model.embed_tokens.num_embeddings, "input_ids")
         embeds = self.language.model.embed_tokens(input_ids)
         grids = _image_grids(images_spatial_crop if images is not None else None, len(input_ids))
         needed = [sum(len(visual_token_index(w, h, self.tokens_per_side)) for w, h in g) for g in grids]
@@ -139,6 +141,7 @@ class DeepseekVL2(nn.Module):
         logits = self.language(embeds, attention_mask, position_ids, cu_seqlens)
         if labels is None:
             return ModelOutput(logits=logits)
+        _check_ids(labels, logits.shape[-1], "labels", ignore=IGNORE_INDEX)
         targets = labels[:, 1:].to(logits.device)
         if cu_seqlens is not None:
             docs = document_ids(cu_seqlens.to(logits.device), *labels.shape)
@@ -147,6 +150,16 @@ class DeepseekVL2(nn.Module):
             logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
         )
         return ModelOutput(logits=logits, loss=loss)
+
+
+def _check_ids(ids: torch.Tensor, vocab_size: int, name: str, ignore: int | None = None) -> None:
+    """ValueError naming an id of `ids` outside [0, vocab_size) (`ignore` aside), instead of the bare
+    IndexError (or, on a GPU, the device-side assert) an embedding or the loss would raise."""
+    outside = (ids < 0) | (ids >= vocab_size)
+    if ignore is not None:
+        outside &= ids != ignore
+    if ids.numel() and bool(outside.any()):
+        raise ValueError(f"{name} hold id {int(ids[outside][0])} outside the vocabulary [0, {vocab_size})")
 
 
 def _image_grids(images_spatial_crop: torch.Tensor | None, batch: int) -> list[list[tuple[int, int]]]:

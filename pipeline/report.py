@@ -33,6 +33,7 @@ th, td { padding: .25em .7em; border-bottom: 1px solid #eee; }
 th { text-align: left; background: #f6f6f6; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
 figure { display: inline-block; margin: .5em; vertical-align: top; }
 figcaption { font-size: .9em; color: #555; } img { max-width: 520px; }
+p.warning { color: #a33; }
 """
 
 
@@ -202,6 +203,13 @@ def _esc(value: Any) -> str:
     return html_escape.escape(str(value))
 
 
+def _special_strings(group: dict) -> str:
+    """`sequences (occurrences)` of special-token strings kept as text; outputs made before the count
+    existed show "n/a"."""
+    found = group["text"].get("special_strings_as_text")
+    return "n/a" if found is None else f"{_fmt(found['sequences'])} ({_fmt(found['occurrences'])})"
+
+
 def _percent(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}"
 
@@ -256,6 +264,7 @@ def html(stats: dict[str, Any], validation: dict[str, Any] | None = None) -> str
         f"<p>model shape <b>{_esc(output['model_shape'])}</b> ({_esc(output['shape_fingerprint'])}), "
         f"max_seq_len {output['max_seq_len']}, packing {'on' if output['packing'] else 'off'}, "
         f"tokenizer {_esc((output['tokenizer_sha256'] or '')[:16])}.</p>",
+        *_problems_html(stats.get("problems"), "Files left out of these statistics"),
         "<h2>Sources</h2>",
         _table(_SOURCE_HEADER, _source_rows(stats)),
         "<h2>Rejects</h2>",
@@ -304,6 +313,10 @@ def html(stats: dict[str, Any], validation: dict[str, Any] | None = None) -> str
                 ["grounding boxes", overall["grounding"]["boxes"]],
                 ["text tokens", overall["text"]["tokens"]],
                 ["byte-fallback share", _percent(overall["text"]["byte_fallback_share"])],
+                [
+                    "sequences with special-token strings kept as text (occurrences)",
+                    _special_strings(overall),
+                ],
                 ["characters per token (every 16th row)", overall["text"]["chars_per_token"]],
                 ["shards", stats["shards"]["count"]],
                 [
@@ -404,6 +417,7 @@ def markdown(stats: dict[str, Any], validation: dict[str, Any] | None = None) ->
         "\n\n".join(
             [
                 "# vl2prep dataset report",
+                *_problems_markdown(stats.get("problems"), "Files left out of these statistics"),
                 _md_table(_SOURCE_HEADER, _source_rows(stats)),
                 f"Rejects: {reasons}.",
                 _md_table(("tokens", *_DIST_KEYS), _token_rows(overall)),
@@ -411,7 +425,8 @@ def markdown(stats: dict[str, Any], validation: dict[str, Any] | None = None) ->
                 f"padding waste {_percent(images['padding_waste']['share'])}, "
                 f"{_fmt(images['no_tiling'])} through the no-tiling path. Byte-fallback share "
                 f"{_percent(overall['text']['byte_fallback_share'])}; characters per token "
-                f"{_fmt(overall['text']['chars_per_token'])}. VL / text-only tokens "
+                f"{_fmt(overall['text']['chars_per_token'])}; sequences with special-token strings kept as "
+                f"text {_special_strings(overall)}. VL / text-only tokens "
                 f"{_fmt(stats['mixture']['vl_to_text_only'])}. Shards: {stats['shards']['count']}.",
                 *([_md_table(_FILTER_HEADER, _filter_rows(stats))] if stats.get("filters") else []),
                 *([_validation_markdown(validation)] if validation is not None else []),
@@ -433,6 +448,7 @@ def _validation_html(validation: dict[str, Any]) -> list[str]:
         f"<p>{samples['validated']} samples through model <b>{_esc(validation['model']['shape'])}</b> "
         f"(weights {_esc(validation['model']['weights'] or 'random')}): {samples['failed']} failed. "
         f"Per-sample loss mean {_fmt(loss['mean'])}, max {_fmt(loss['max'])}.</p>",
+        *_problems_html(validation.get("problems"), "Rows that could not be validated"),
         _table(("check", "passed", "failed"), _validation_rows(validation)),
         _table(
             ("sample_id", "check", "what"),
@@ -455,5 +471,20 @@ def _validation_markdown(validation: dict[str, Any]) -> str:
     return (
         f"Forward-pass validation ({_esc(validation['model']['shape'])}): {samples['validated']} samples, "
         f"{samples['failed']} failed ({failed}).\n\n"
+        + "".join(f"{part}\n\n" for part in _problems_markdown(validation.get("problems"), "Not validated"))
         + _md_table(("check", "passed", "failed"), _validation_rows(validation))
     )
+
+
+def _problems_html(problems: list[dict[str, Any]] | None, title: str) -> list[str]:
+    """A warning table of the files a pass could not read (`problems` of stats.json or validation.json)."""
+    if not problems:
+        return []
+    rows = [[p["path"], p.get("rows", ""), p["message"]] for p in problems]
+    return [f'<p class="warning"><b>{_esc(title)}</b>:</p>', _table(("file", "rows", "problem"), rows)]
+
+
+def _problems_markdown(problems: list[dict[str, Any]] | None, title: str) -> list[str]:
+    if not problems:
+        return []
+    return [f"**{title}**: " + "; ".join(f"{p['path']}: {p['message']}" for p in problems) + "."]

@@ -12,6 +12,19 @@ per source and one per kind in `finalize`. A packed row has source and kind "pac
 their own source and kind) count in `mixture` and in the per-sequence distributions. A *sequence* is one
 unpacked row or one document of a packed row.
 
+Damaged rows are data, not a crash: `vl2prep verify` names what is wrong with a row, the statistics count what
+they can of it. Token ids outside [0, vocabulary size) (negative, huge) are counted as they are in the token
+counts and top tokens (they are never used as array indices, so a huge id costs nothing) and in
+`text.ids_outside_vocabulary`; the characters-per-token sample decodes only ids the tokenizer knows (ordinary
+ids in [0, its piece count)), and a top token the tokenizer does not know has null text. An image whose width
+or height is not positive is left out of the aspect ratios and the padding waste, one whose grid is not
+positive out of the padding waste, and one whose grid is none of the shape's tile grids (nor 1x1) out of
+`tokens_per_image`; an image offset outside its row is taken as the row's nearest position; a box whose image
+index is not one of its row's images, whose coordinates are not finite or whose image has no area is left out
+of `box_area_share`. All of them are still counted everywhere else. Rows whose values cannot be counted at all
+(list columns of disagreeing lengths, ...) and files that cannot be read are the job's business
+(`jobs.stats`): such a file's statistics are left out whole and it is listed under `problems`.
+
 Percentiles (`p50`, `p90`, `p99`) are nearest-rank: the smallest value v such that at least ⌈p·n/100⌉ of the
 n values are ≤ v (numpy's `percentile(..., method="inverted_cdf")`).
 
@@ -43,11 +56,16 @@ bin i holding values in [bin_edges[i], bin_edges[i + 1]), the last bin closed):
     refs_per_sequence: {n: sequences}, boxes: total,
     boxes_per_sequence: {n: sequences}, box_area_share: HIST in percent of the image's area, 1 % bins}.
   - `text`: {tokens: ordinary (non-special) text tokens, distinct_tokens, top_tokens: the 20 most frequent
-    [{id, text (null without a tokenizer), count}], ties by id; byte_fallback_share: share of `<0xNN>`
-    tokens among them (null when the tokenizer is unavailable); chars_per_token: characters of the decoded
-    ordinary tokens / their count on a deterministic sample, every 16th row of each shard file (decoding
-    every row would cost more than the rest of the pass), null without a tokenizer; chars_sample: {rows,
-    tokens, chars} of that sample}.
+    [{id, text (null without a tokenizer, or for an id it does not know), count}], ties by id;
+    byte_fallback_share: share of `<0xNN>` tokens among them (null when the tokenizer is unavailable);
+    chars_per_token: characters of the decoded ordinary tokens / their count on a deterministic sample, every
+    16th row of each shard file (decoding every row would cost more than the rest of the pass), over the ids
+    the tokenizer knows, null without a tokenizer; chars_sample: {rows, tokens, chars} of that sample;
+    special_strings_as_text: {sequences: sequences whose text spells
+    special-token strings that were kept as ordinary text (`<|User|>`, `<｜end▁of▁sentence｜>`, ...; see
+    `schemas.shard`), occurrences: how many such strings in all}; ids_outside_vocabulary: token ids (all,
+    special positions included) below 0 or at least the model's vocabulary size, which only a damaged file
+    holds}.
 - `rejects`: {total, by_reason: {reason: {count, example_key}}, by_stage: {stage: count}}; example_key is the
   least key (string order) among that reason's rejects, so it does not depend on the order of work. Each
   `sources.<name>` has the same under `rejects`.
@@ -64,6 +82,9 @@ bin i holding values in [bin_edges[i], bin_edges[i + 1]), the last bin closed):
   min, max, histogram: HIST of all measured values plus `cut_counts`, the cut samples per bin}. Bins are fixed
   per quantity (`FILTER_SCALES`): 1 % steps for `padding_share`, else steps of a fraction of an octave from 1
   (values below 1 in the first bin, values past the last edge in the last bin).
+- `problems`: [{path, message}] by path: files of the manifest whose statistics are left out because they
+  cannot be read (truncated, not Parquet, missing) or hold rows that cannot be counted; empty for a sound
+  output.
 """
 
 from __future__ import annotations
@@ -114,13 +135,16 @@ SHARD_COLUMNS = (
     "num_loss_tokens",
     "seq_len",
     "truncated",
+    "special_strings_as_text",
     "cu_seqlens",
     "documents.list.element.source",
     "documents.list.element.kind",
     "documents.list.element.part",
     "documents.list.element.seq_len",
+    "documents.list.element.special_strings_as_text",
 )
-"""The shard columns the statistics read (Parquet column paths: image bytes and token labels stay on disk)."""
+"""The shard columns the statistics read (Parquet column paths: image bytes and token labels stay on disk).
+Outputs of shard schema 1 lack `special_strings_as_text`: read without it, it counts as 0."""
 REJECT_COLUMNS = ("source", "key", "stage", "reason")
 FILTER_SCALES: dict[str, tuple[int, int]] = {
     "image_min_side": (4, 14),
@@ -157,11 +181,21 @@ class Context:
     image_tokens_by_grid: Mapping[Grid, int]
     candidate_grids: tuple[Grid, ...]
     byte_fallback_ids: tuple[int, ...] | None = None
+    vocab_size: int | None = None
+    """The model's vocabulary size: ids outside [0, vocab_size) are counted as outside (None: not counted)."""
+    piece_count: int | None = None
+    """Ids the tokenizer can decode, [0, piece_count) (None: those below `vocab_size`)."""
 
 
-def context_for(shape: ModelShape, max_seq_len: int, byte_fallback_ids: Iterable[int] | None) -> Context:
+def context_for(
+    shape: ModelShape,
+    max_seq_len: int,
+    byte_fallback_ids: Iterable[int] | None,
+    piece_count: int | None = None,
+) -> Context:
     """The context for rows made with `shape` (special ids filled in) and a tokenizer whose byte-fallback
-    pieces are `byte_fallback_ids` (None when the tokenizer is unavailable)."""
+    pieces are `byte_fallback_ids` (None when the tokenizer is unavailable) and that knows the ids below
+    `piece_count`."""
     assert shape.special_tokens is not None
     special = shape.special_tokens
     tile = shape.image_size
@@ -173,6 +207,8 @@ def context_for(shape: ModelShape, max_seq_len: int, byte_fallback_ids: Iterable
         image_tokens_by_grid={g: layout.image_token_count(g, shape) for g in {(1, 1), *grids}},
         candidate_grids=grids,
         byte_fallback_ids=None if byte_fallback_ids is None else tuple(sorted(byte_fallback_ids)),
+        vocab_size=shape.language.vocab_size,
+        piece_count=piece_count,
     )
 
 
@@ -209,6 +245,9 @@ class Cell:
     sampled_rows: int = 0
     sampled_tokens: int = 0
     sampled_chars: int = 0
+    special_string_sequences: int = 0
+    special_strings: int = 0
+    ids_outside_vocabulary: int = 0
 
     def __add__(self, other: Cell) -> Cell:
         return Cell(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
@@ -217,7 +256,8 @@ class Cell:
 @dataclass
 class Partial:
     """A mergeable piece of the statistics: cells by (source, kind), sequences by (source, kind, has
-    images), rejects by (source, stage, reason) with the least key per (source, reason)."""
+    images), rejects by (source, stage, reason) with the least key per (source, reason), and the files left
+    out (path → why; the least message when two partials disagree)."""
 
     cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
     sequences: Counter = field(default_factory=Counter)
@@ -226,6 +266,7 @@ class Partial:
     reject_examples: dict[tuple[str, str], str] = field(default_factory=dict)
     filter_bins: Counter = field(default_factory=Counter)  # (source, quantity, bin, dropped_by or "")
     filter_extremes: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)
 
 
 def merge(a: Partial, b: Partial) -> Partial:
@@ -240,6 +281,9 @@ def merge(a: Partial, b: Partial) -> Partial:
     for key, (low, high) in b.filter_extremes.items():
         old_low, old_high = extremes.get(key, (low, high))
         extremes[key] = (min(old_low, low), max(old_high, high))
+    problems = dict(a.problems)
+    for path, message in b.problems.items():
+        problems[path] = min(problems.get(path, message), message)
     return Partial(
         cells=cells,
         sequences=a.sequences + b.sequences,
@@ -248,6 +292,7 @@ def merge(a: Partial, b: Partial) -> Partial:
         reject_examples=examples,
         filter_bins=a.filter_bins + b.filter_bins,
         filter_extremes=extremes,
+        problems=problems,
     )
 
 
@@ -352,8 +397,11 @@ def shard_partial(
     grid_values, _ = _list(table.column("images_spatial_crop"))
     grid = _numpy(grid_values.flatten()).reshape(-1, 2).astype(np.int64)
     offsets, _ = _list(table.column("image_token_offsets"))
-    row_start = np.concatenate([[0], np.cumsum(seq_len)])
-    image_position = row_start[image_row] + _numpy(offsets)
+    # Positions stay inside their row even in a damaged file: a negative length counts as 0 here, an offset
+    # outside the row as the row's nearest position.
+    row_start = np.concatenate([[0], np.cumsum(np.maximum(seq_len, 0))])
+    inside = np.clip(_numpy(offsets).astype(np.int64), 0, np.maximum(seq_len[image_row] - 1, 0))
+    image_position = row_start[image_row] + inside
 
     # Sequences: one per unpacked row, one per document (and one per pad tail) of a packed row.
     packed = _numpy(table.column("cu_seqlens").is_valid()).astype(bool)
@@ -379,12 +427,19 @@ def shard_partial(
     # Sequence attributes: the row's for unpacked rows, the document's for packed ones.
     seq_source, seq_kind = source[sequence_row].copy(), kind[sequence_row].copy()
     seq_part, seq_tokens = part[sequence_row].copy(), seq_len[sequence_row].copy()
+    has_special = "special_strings_as_text" in table.column_names
+    special_strings = (
+        _numpy(table.column("special_strings_as_text")).astype(np.int64) if has_special else np.zeros(n, int)
+    )
+    seq_special = special_strings[sequence_row].copy()
     packed_sequence = packed[sequence_row]
     if len(documents):
         seq_source[packed_sequence] = _numpy(_field(documents, "source")).astype(str)
         seq_kind[packed_sequence] = _numpy(_field(documents, "kind")).astype(str)
         seq_part[packed_sequence] = _numpy(_field(documents, "part"))
         seq_tokens[packed_sequence] = _numpy(_field(documents, "seq_len"))
+        if has_special:
+            seq_special[packed_sequence] = _numpy(_field(documents, "special_strings_as_text"))
     for key, mask in _groups(seq_source, seq_kind):
         for has_images in (False, True):
             selected = mask & ((sequence_images > 0) == has_images)
@@ -392,16 +447,21 @@ def shard_partial(
                 partial.sequences[(*key, has_images)] += int(selected.sum())
                 partial.sequence_tokens[(*key, has_images)] += int(seq_tokens[selected].sum())
 
-    # Padding waste: the canvas minus the image fitted into it (PIL's contain, half-to-even rounding).
-    canvas_w, canvas_h = grid[:, 0] * context.tile_px, grid[:, 1] * context.tile_px
-    wider = width * canvas_h > height * canvas_w
-    taller = width * canvas_h < height * canvas_w
-    fit_w = np.where(taller, np.round(width / height * canvas_h), canvas_w).astype(np.int64)
-    fit_h = np.where(wider, np.round(height / width * canvas_w), canvas_h).astype(np.int64)
+    # Padding waste: the canvas minus the image fitted into it (PIL's contain, half-to-even rounding). Sizes
+    # and grids that are not positive (a damaged file) are replaced by 1 and their images left out.
+    sized = (width > 0) & (height > 0)
+    tiled = sized & (grid > 0).all(axis=1)
+    width_or_1, height_or_1 = np.where(sized, width, 1), np.where(sized, height, 1)
+    grid_or_1 = np.where(tiled[:, None], grid, 1)
+    canvas_w, canvas_h = grid_or_1[:, 0] * context.tile_px, grid_or_1[:, 1] * context.tile_px
+    wider = width_or_1 * canvas_h > height_or_1 * canvas_w
+    taller = width_or_1 * canvas_h < height_or_1 * canvas_w
+    fit_w = np.where(taller, np.round(width_or_1 / height_or_1 * canvas_h), canvas_w).astype(np.int64)
+    fit_h = np.where(wider, np.round(height_or_1 / width_or_1 * canvas_w), canvas_h).astype(np.int64)
     canvas_area = canvas_w * canvas_h
     padding = canvas_area - fit_w * fit_h
     aspect_bin = np.clip(
-        np.floor(np.log2(width / np.maximum(height, 1)) / ASPECT_STEP), -ASPECT_LIMIT / ASPECT_STEP, None
+        np.floor(np.log2(width_or_1 / height_or_1) / ASPECT_STEP), -ASPECT_LIMIT / ASPECT_STEP, None
     )
     aspect_bin = np.minimum(aspect_bin, ASPECT_LIMIT / ASPECT_STEP - 1).astype(np.int64)
     size_bins = SIZE_MAX_PX // SIZE_BIN_PX
@@ -414,7 +474,10 @@ def shard_partial(
     )
     for (w, h), tokens in context.image_tokens_by_grid.items():
         tokens_by_grid[w, h] = tokens
-    grid_tokens = tokens_by_grid[grid[:, 0], grid[:, 1]]
+    in_table = (grid >= 0).all(axis=1) & (grid < tokens_by_grid.shape).all(axis=1)
+    grid_in_table = np.where(in_table[:, None], grid, 0)
+    grid_tokens = tokens_by_grid[grid_in_table[:, 0], grid_in_table[:, 1]]
+    known_grid = grid_tokens > 0  # one of the shape's tile grids (or 1x1)
 
     # Regions: boxes per region, box areas against their image.
     regions, region_row = _list(table.column("regions"))
@@ -422,11 +485,16 @@ def shard_partial(
     box = _numpy(boxes.flatten()).reshape(-1, 4)
     region_image = _numpy(_field(regions, "image")).astype(np.int64)
     first_image = np.searchsorted(image_row, np.arange(n), side="left")
-    box_image = (first_image[region_row] + region_image)[box_region]
+    own_image = (region_image >= 0) & (region_image < np.bincount(image_row, minlength=n)[region_row])
+    # A box without an image of its row is measured against area 0 (the appended entry): left out below.
+    box_image = np.where(own_image, first_image[region_row] + region_image, width.size)[box_region]
     box_row = region_row[box_region]
-    box_area = np.clip((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]), 0, None)
-    image_area = (width * height)[box_image] if box.size else np.zeros(0)
-    box_percent = np.minimum(np.floor(box_area / image_area * 100), 99).astype(np.int64)
+    with np.errstate(invalid="ignore"):  # non-finite coordinates of a damaged file: left out below
+        box_area = np.clip((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]), 0, None)
+    image_area = np.append(width * height, 0)[box_image]
+    measured_box = np.isfinite(box_area) & (image_area > 0)
+    share = np.where(measured_box, box_area, 0) / np.where(measured_box, image_area, 1)
+    box_percent = np.minimum(np.floor(share * 100), 99).astype(np.int64)
 
     # Tokens: every id is counted and the special ids dropped from the counts afterwards (cheaper than
     # filtering the ids, mostly image tokens, first); the text sample is every 16th row of the file.
@@ -436,6 +504,12 @@ def shard_partial(
     id_start = np.concatenate([[0], np.cumsum(ids_per_row)])
     special_ids = np.asarray(context.special_ids, dtype=ids.dtype)
     sampled = (np.arange(first_row, first_row + n) % TEXT_SAMPLE_EVERY == 0) if decode else np.zeros(n, bool)
+    outside_rows = np.zeros(n, np.int64)
+    vocab = context.vocab_size
+    if vocab is not None and ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocab):  # damaged only
+        outside = np.flatnonzero((ids < 0) | (ids >= vocab))
+        outside_rows = np.bincount(np.searchsorted(id_start, outside, side="right") - 1, minlength=n)
+    decodable = context.piece_count if context.piece_count is not None else context.vocab_size
 
     refs = np.bincount(region_row, minlength=n)
     boxes_per_row = np.bincount(box_row, minlength=n)
@@ -462,23 +536,28 @@ def shard_partial(
                 np.minimum(width[image_in] // SIZE_BIN_PX, size_bins - 1),
                 np.minimum(height[image_in] // SIZE_BIN_PX, size_bins - 1),
             ),
-            aspect_bins=_count(aspect_bin[image_in]),
+            aspect_bins=_count(aspect_bin[image_in & sized]),
             grids=_count_pairs(grid[image_in, 0], grid[image_in, 1]),
-            tokens_per_image=_count(grid_tokens[image_in]),
+            tokens_per_image=_count(grid_tokens[image_in & known_grid]),
             no_tiling=int((images_in_sequence[image_in] > NO_TILING_ABOVE).sum()),
-            padding_px=int(padding[image_in].sum()),
-            canvas_px=int(canvas_area[image_in].sum()),
-            padding_bins=_count(padding[image_in] * 100 // canvas_area[image_in]),
+            padding_px=int(padding[image_in & tiled].sum()),
+            canvas_px=int(canvas_area[image_in & tiled].sum()),
+            padding_bins=_count(padding[image_in & tiled] * 100 // canvas_area[image_in & tiled]),
             refs_per_sequence=_count(refs[rows_in & ~packed]),
             boxes_per_sequence=_count(boxes_per_row[rows_in & ~packed]),
-            box_area_bins=_count(box_percent[box_in]),
+            box_area_bins=_count(box_percent[box_in & measured_box]),
             token_ids=_count_runs(ids if rows_in.all() else ids[np.repeat(rows_in, ids_per_row)]),
+            special_string_sequences=int(((seq_special > 0) & sequence_in).sum()),
+            special_strings=int(seq_special[sequence_in].sum()),
+            ids_outside_vocabulary=int(outside_rows[rows_in].sum()),
         )
         for special in context.special_ids:
             cell.token_ids.pop(special, None)
         sample = np.flatnonzero(rows_in & sampled)
         sample_ids = np.concatenate([ids[:0], *(ids[id_start[row] : id_start[row + 1]] for row in sample)])
-        sample_ordinary = ~np.isin(sample_ids, special_ids)
+        sample_ordinary = ~np.isin(sample_ids, special_ids) & (sample_ids >= 0)
+        if decodable is not None:
+            sample_ordinary &= sample_ids < decodable
         sample_start = np.concatenate([[0], np.cumsum(ids_per_row[sample])])
         for start, end in zip(sample_start[:-1].tolist(), sample_start[1:].tolist(), strict=True):
             row_ids = sample_ids[start:end][sample_ordinary[start:end]]
@@ -585,7 +664,7 @@ def _by_value(values: Counter) -> dict[str, int]:
 
 
 def _group(
-    cell: Cell, context: Context, token_text: Callable[[int], str] | None, dropped: int
+    cell: Cell, context: Context, token_text: Callable[[int], str | None] | None, dropped: int
 ) -> dict[str, Any]:
     tokens = {name: distribution(getattr(cell, f"{name}_tokens")) for name in ("text", "image", "loss")}
     tokens["total"] = distribution(cell.seq_len)
@@ -673,6 +752,11 @@ def _group(
                 "tokens": cell.sampled_tokens,
                 "chars": cell.sampled_chars,
             },
+            "special_strings_as_text": {
+                "sequences": cell.special_string_sequences,
+                "occurrences": cell.special_strings,
+            },
+            "ids_outside_vocabulary": cell.ids_outside_vocabulary,
         },
     }
 
@@ -711,10 +795,11 @@ def finalize(
     partial: Partial,
     context: Context,
     manifest: Mapping[str, Any],
-    token_text: Callable[[int], str] | None = None,
+    token_text: Callable[[int], str | None] | None = None,
 ) -> dict[str, Any]:
     """The `stats.json` dict (keys in the module docstring) of the merged partial of every shard and reject
-    file of an output and its manifest. `token_text` names token ids for the top tokens."""
+    file of an output and its manifest. `token_text` names token ids for the top tokens (None: an id it
+    does not know)."""
     cells = partial.cells
     manifest_sources = manifest.get("sources", {})
     names = sorted({*manifest_sources, *(s for s, _ in cells), *(s for s, _, _ in partial.rejects)})
@@ -790,6 +875,7 @@ def finalize(
         },
         "candidate_grids": [list(g) for g in context.candidate_grids],
         "filters": _filters(partial, manifest),
+        "problems": [{"path": path, "message": partial.problems[path]} for path in sorted(partial.problems)],
     }
 
 

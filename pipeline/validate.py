@@ -3,6 +3,8 @@
 `Validator(model, shape)` takes a batch of shard rows, builds the official batch with the training reader's
 `collate`, runs the model and checks every sample:
 
+- `ids_in_vocab`: every input id, and every label other than -100, lies in [0, the model's vocabulary size);
+- `labels_length`: the row holds as many labels as input ids;
 - `reader`: the reader can build the sample (its stored images tile to their stored grids);
 - `visual_tokens`: the visual embeddings the model produces for the sample's grids are as many as the
   row's `<image>` tokens and as `pipeline.layout` counts, and `images_seq_mask` is True exactly on the spans
@@ -14,10 +16,15 @@
   positions of left-padded rows are arbitrary in the official math);
 - `forward`: the model accepts the sample.
 
-A batch the reader or the model refuses (one sample with an extra `<image>` token makes
+The first two are checked on the stored row before anything is collated: a row that fails them never reaches
+the reader or the model (an id outside the embedding table would be a bare IndexError inside the model, a
+labels list of another length a shape error in the batch), and its other checks count neither as passed nor
+as failed. A batch the reader or the model refuses (one sample with an extra `<image>` token makes
 `prepare_inputs_embeds` raise for all) is redone one sample at a time, so the failing sample is named and the
 others are still validated. Forward hooks on every MoE router count the experts each real token is sent to.
-`Summary` merges `BatchResult`s and `Summary.to_json` gives `validation.json`'s content.
+`Summary` merges `BatchResult`s and `Summary.to_json` gives `validation.json`'s content. Rows that could not
+be validated at all (their shard file cannot be read, or the batch's work failed) are `Problem`s naming the
+file and how many of its rows; `validation.json` lists them under `problems`, and they make the run fail.
 
 `small_shape(shape)` is the random-weight model for any output: the `toy` shape's widths, depths and experts
 with everything the data depends on (vocabulary, special token ids, image size, patch, downsampling, tiling)
@@ -52,6 +59,7 @@ __all__ = [
     "CHECKS",
     "BatchResult",
     "Failure",
+    "Problem",
     "Summary",
     "ValidateError",
     "Validator",
@@ -59,8 +67,19 @@ __all__ = [
     "small_shape",
 ]
 
-CHECKS = ("reader", "visual_tokens", "spatial_crop", "loss_tokens", "finite", "forward")
+CHECKS = (
+    "ids_in_vocab",
+    "labels_length",
+    "reader",
+    "visual_tokens",
+    "spatial_crop",
+    "loss_tokens",
+    "finite",
+    "forward",
+)
 HIGHEST_LOSSES = 20
+NAMED_IDS = 5
+"""Most offending ids a failure message quotes."""
 _LAYER = re.compile(r"\blayers\.(\d+)\.")
 
 
@@ -125,16 +144,26 @@ class Failure:
     message: str
 
 
+@dataclass(frozen=True)
+class Problem:
+    """`rows` rows of the shard file `path` that could not be validated, and why."""
+
+    path: str
+    rows: int
+    message: str
+
+
 @dataclass
 class BatchResult:
     """What one batch gave: per-check pass/fail counts, failures, per-sample losses of the samples that ran,
-    and tokens per expert per MoE layer (layer index → counts)."""
+    tokens per expert per MoE layer (layer index → counts), and the rows it could not validate."""
 
     passed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CHECKS, 0))
     failures: list[Failure] = field(default_factory=list)
     losses: dict[str, float] = field(default_factory=dict)
     expert_tokens: dict[int, np.ndarray] = field(default_factory=dict)
     samples: int = 0
+    problems: list[Problem] = field(default_factory=list)
 
 
 class _ExpertCounter:
@@ -175,12 +204,38 @@ class Validator:
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> BatchResult:
         result = BatchResult(samples=len(rows))
+        sound = []
+        for row in rows:
+            problems = self._row_checks(row)
+            if problems:
+                _record(result, row, problems, evaluated=("ids_in_vocab", "labels_length"))
+            else:
+                sound.append(row)
+        if not sound:
+            return result
         try:
-            self._run(rows, collate(rows, self.shape), result)
+            self._run(sound, collate(sound, self.shape), result)
         except ValueError:
-            for row in rows:  # the batch is refused as a whole: find the sample(s) to blame
+            for row in sound:  # the batch is refused as a whole: find the sample(s) to blame
                 self._run_alone(row, result)
         return result
+
+    def _row_checks(self, row: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """(check, message) for each problem of the stored row that would stop the reader or the model."""
+        vocab = self.model.shape.language.vocab_size
+        problems: list[tuple[str, str]] = []
+        ids = np.asarray(row["input_ids"] if row["input_ids"] is not None else [], dtype=np.int64)
+        labels = np.asarray(row["labels"] if row["labels"] is not None else [], dtype=np.int64)
+        outside = [
+            f"{name} {_ids(values[(values < 0) | (values >= vocab)])}"
+            for name, values in (("input ids", ids), ("labels", labels[labels != IGNORE_INDEX]))
+            if ((values < 0) | (values >= vocab)).any()
+        ]
+        if outside:
+            problems.append(("ids_in_vocab", f"{' and '.join(outside)} outside the vocabulary [0, {vocab})"))
+        if len(labels) != len(ids):
+            problems.append(("labels_length", f"{len(labels)} labels for {len(ids)} input ids"))
+        return problems
 
     def _run_alone(self, row: Mapping[str, Any], result: BatchResult) -> None:
         try:
@@ -258,6 +313,13 @@ class Validator:
         return problems
 
 
+def _ids(values: np.ndarray) -> str:
+    """The distinct values, the first `NAMED_IDS` of them in order, and how many more."""
+    distinct = list(dict.fromkeys(values.tolist()))
+    more = f" and {len(distinct) - NAMED_IDS} more" if len(distinct) > NAMED_IDS else ""
+    return ", ".join(map(str, distinct[:NAMED_IDS])) + more
+
+
 def _record(
     result: BatchResult, row: Mapping[str, Any], problems: list[tuple[str, str]], evaluated: Sequence[str]
 ) -> None:
@@ -270,10 +332,12 @@ def _record(
 
 
 def _loss_targets(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """bool [B, L-1]: whether position i's logits are scored against labels[i + 1] (the official loss; in
-    packed rows never across a document boundary)."""
+    """bool [B, L-1]: whether position i's logits are scored against labels[i + 1] for the sample's own loss:
+    the official loss without the left padding's last position, which in the official batch predicts the bos
+    (so a sample's loss does not depend on the batch it shares), and in packed rows never across a document
+    boundary."""
     labels = batch["labels"]
-    targets = labels[:, 1:] != IGNORE_INDEX
+    targets = (labels[:, 1:] != IGNORE_INDEX) & batch["attention_mask"][:, :-1].bool()
     if "cu_seqlens" in batch:
         docs = document_ids(batch["cu_seqlens"], *labels.shape)
         targets &= docs[:, 1:] == docs[:, :-1]
@@ -303,9 +367,11 @@ class Summary:
     failures: list[Failure] = field(default_factory=list)
     losses: dict[str, float] = field(default_factory=dict)
     expert_tokens: dict[int, np.ndarray] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
 
     def add(self, result: BatchResult) -> None:
         self.samples += result.samples
+        self.problems += result.problems
         for check, count in result.passed.items():
             self.passed[check] += count
         self.failures += result.failures
@@ -317,9 +383,19 @@ class Summary:
     def failed_sample_ids(self) -> list[str]:
         return sorted({failure.sample_id for failure in self.failures})
 
+    @property
+    def merged_problems(self) -> list[Problem]:
+        """The problems, one per (file, message) with their rows summed, by file."""
+        rows: dict[tuple[str, str], int] = {}
+        for problem in self.problems:
+            rows[(problem.path, problem.message)] = (
+                rows.get((problem.path, problem.message), 0) + problem.rows
+            )
+        return [Problem(path, count, message) for (path, message), count in sorted(rows.items())]
+
     def to_json(self, with_losses: bool) -> dict[str, Any]:
-        """`validation.json`'s checks, failures, losses and expert load; `with_losses` (real weights) adds the
-        highest-loss samples."""
+        """`validation.json`'s checks, failures, losses, expert load and problems (rows not validated);
+        `with_losses` (real weights) adds the highest-loss samples."""
         failed = dict.fromkeys(CHECKS, 0)
         for _, check in {(f.sample_id, f.check) for f in self.failures}:
             failed[check] += 1
@@ -345,6 +421,7 @@ class Summary:
             "expert_load": {
                 str(layer): _load(counts) for layer, counts in sorted(self.expert_tokens.items())
             },
+            "problems": [dataclasses.asdict(problem) for problem in self.merged_problems],
         }
 
 

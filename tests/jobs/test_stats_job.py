@@ -1,9 +1,12 @@
 """The stats job through Ray on the example output: run by pretokenize at its end, numbers recomputed from the
-shards with pyarrow, the CLI with --report-dir, and a rerun that leaves the files alone."""
+shards with pyarrow, the CLI with --report-dir, and a rerun that leaves the files alone; files that cannot be
+read or counted, without Ray."""
 
 from __future__ import annotations
 
 import json
+import re
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +16,13 @@ import pyarrow.parquet as pq
 import pytest
 from test_pretokenize import example_copy, run_job
 
+import model_shapes
 from jobs import cli
+from jobs import stats as stats_job
+from pipeline import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipeline"))  # the shared test helpers
+from shard_support import rewrite_row, small_output
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +76,79 @@ def test_cli_report_dir_and_reruns_leave_stats_alone(output, tmp_path, capsys):
     assert run_job(output / "job.yaml")[0] == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "stats").iterdir()} == before
     assert cli.main(["stats", str(tmp_path / "nothing")]) == 2
+
+
+def test_a_shard_of_schema_1_is_read_without_the_newer_column(tmp_path):
+    """Outputs made before `special_strings_as_text` existed still get their statistics (counted as 0)."""
+    import model_shapes
+    from jobs import stats as stats_job
+    from pipeline import stats, tokenizer
+    from pipeline.sequence import build
+    from schemas import shard as shard_schema
+
+    toy = model_shapes.load("toy")
+    sample = {
+        "sample_id": "s",
+        "source": "docs",
+        "key": "a",
+        "kind": "text",
+        "content": [{"turn": 0, "role": None, "type": "text", "text": "A <|User|> here.", "image": None}],
+        "images": [],
+        "regions": [],
+        "meta": "{}",
+    }
+    rows = build(sample, tokenizer.load("default", toy)).rows
+    assert rows[0]["special_strings_as_text"] == 1
+    old = shard_schema.to_table(rows).drop_columns(["special_strings_as_text"])
+    (tmp_path / "shards").mkdir()
+    pq.write_table(old.cast(shard_schema.schema_for_version(1)), tmp_path / "shards" / "part.parquet")
+    context = stats.context_for(toy, 4096, None)
+    partial = stats_job.file_partial(str(tmp_path), "shards/part.parquet", "shard", context)
+    (cell,) = partial.cells.values()
+    assert (cell.rows, cell.special_strings, cell.special_string_sequences) == (1, 0, 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# damaged files: left out whole and named, never an exception (the job's exit code: test_damaged_outputs)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda path: path.write_bytes(path.read_bytes()[:-100]), "cannot be read: .*magic bytes"),
+        (lambda path: path.write_bytes(b"not parquet at all"), "cannot be read: "),
+        (lambda path: path.unlink(), "cannot be read: .*(No such file|not found|does not exist)"),
+    ],
+)
+def test_a_file_that_cannot_be_read_is_a_problem(tmp_path, damage, message):
+    out = small_output(tmp_path)
+    context = stats.context_for(model_shapes.load("toy"), 4096, None)
+    for relative, what in (
+        ("shards/chat/part-00000.parquet", "shard"),
+        ("rejects/part-00000.parquet", "reject"),
+    ):
+        damage(out / relative)
+        partial = stats_job.file_partial(str(out), relative, what, context)
+        assert partial.cells == {} and not partial.rejects
+        assert list(partial.problems) == [relative] and re.match(message, partial.problems[relative])
+
+
+def test_rows_that_cannot_be_counted_leave_their_file_out(tmp_path):
+    """Two grids for one image: the statistics cannot pair them, so nothing of the file is counted."""
+    out = small_output(tmp_path)
+    shard = "shards/pics/part-00000.parquet"
+    rewrite_row(out, shard, 1, lambda row: row["images_spatial_crop"].append([1, 1]))
+    context = stats.context_for(model_shapes.load("toy"), 4096, None)
+    partial = stats_job.file_partial(str(out), shard, "shard", context)
+    assert partial.cells == {}
+    assert partial.problems[shard].startswith("rows 0-2 cannot be counted: ")
+
+
+def test_a_parquet_file_that_is_not_a_shard_is_left_out(tmp_path):
+    out = small_output(tmp_path)
+    shard = "shards/chat/part-00000.parquet"
+    pq.write_table(pa.table({"x": [1, 2]}), out / shard)
+    context = stats.context_for(model_shapes.load("toy"), 4096, None)
+    partial = stats_job.file_partial(str(out), shard, "shard", context)
+    assert partial.cells == {}
+    assert partial.problems[shard].startswith("rows 0-1 cannot be counted: ")

@@ -1,5 +1,6 @@
 """The validation job through Ray and the CLI on a small toy output with two corrupted rows (their manifest
-checksums made consistent): both are named, the other rows validate; a model with other ids is refused."""
+checksums made consistent): both are named, the other rows validate; a model with other ids is refused. Rows
+of a file that cannot be read, and a batch whose task fails, are problems of their file."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipeline"))  # the shared test helpers
-from shard_support import IMG, rewrite_row, small_output
+from shard_support import IMG, TOY, rewrite_row, small_output
 
 from jobs import cli
+from jobs.validate import ValidationActor, batch_result
+from pipeline import validate as checks
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +54,44 @@ def test_samples_report_dir_and_a_shape_that_does_not_fit(ray_session, corrupted
     assert cli.main(["validate", str(out), "--shape", "tiny", "--report-dir", str(tmp_path / "no")]) == 2
     assert "vocabulary size 129280, the output's is 8192" in capsys.readouterr().err
     assert not (tmp_path / "no").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# damaged files: rows not validated are problems of their file, never an exception (without Ray; the job
+# through Ray: test_damaged_outputs)
+
+
+@pytest.fixture(scope="module")
+def actor() -> ValidationActor:
+    return ValidationActor(TOY, checks.small_shape(TOY), None)
+
+
+def test_a_shard_that_cannot_be_read_is_a_problem_of_its_rows(tmp_path, actor):
+    out = small_output(tmp_path)
+    shard = "shards/chat/part-00000.parquet"
+    good = actor.validate(str(out), shard, [0, 1])
+    assert good.samples == 2 and good.problems == [] and good.failures == []
+    # The manifest lists more rows than the file holds.
+    (problem,) = actor.validate(str(out), shard, [4, 7]).problems
+    assert problem == checks.Problem(shard, 2, "cannot be read: it holds 5 rows, the manifest lists row 7")
+    (out / shard).write_bytes((out / shard).read_bytes()[:-100])  # cut short on disk
+    result = actor.validate(str(out), shard, [0, 1, 2])
+    assert result.samples == 0 and result.failures == []
+    (problem,) = result.problems
+    assert (problem.path, problem.rows) == (shard, 3) and "magic bytes" in problem.message
+
+
+def test_a_batch_whose_task_fails_is_a_problem_of_its_file():
+    from ray.exceptions import RayTaskError
+
+    def failing() -> checks.BatchResult:
+        cause = IndexError("index out of range in self\nmore")
+        raise RayTaskError("validate", "Traceback (most recent call last):\n", cause).as_instanceof_cause()
+
+    batch = ("shards/a.parquet", [3, 4])
+    result = batch_result(batch, failing)
+    assert result.problems == [
+        checks.Problem("shards/a.parquet", 2, "validation failed: IndexError: index out of range in self")
+    ]
+    fine = checks.BatchResult(samples=2)
+    assert batch_result(batch, lambda: fine) is fine

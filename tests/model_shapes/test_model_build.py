@@ -211,6 +211,19 @@ def test_toy_model_forward_is_finite_with_a_loss_and_gradients() -> None:
     assert model(**{**batch, "labels": None}).loss is None
 
 
+def test_ids_outside_the_vocabulary_are_named() -> None:
+    model = model_shapes.build_model(TOY)
+    batch = _toy_batch()
+    vocab = TOY.language.vocab_size
+    for name, value in (("input_ids", vocab), ("input_ids", -3), ("labels", vocab + 5)):
+        broken = {**batch, name: batch[name].clone()}
+        broken[name][0, -1] = value
+        with pytest.raises(
+            ValueError, match=rf"{name} hold id {value} outside the vocabulary \[0, {vocab}\)"
+        ):
+            model(**broken)
+
+
 def test_toy_model_runs_in_bfloat16() -> None:
     torch.manual_seed(0)
     model = model_shapes.build_model(TOY, dtype=torch.bfloat16)

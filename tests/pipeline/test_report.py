@@ -63,9 +63,37 @@ def check_page(page: str) -> Checker:
 
 
 def test_html_is_well_formed_and_embeds_every_plot():
-    page = report.html(example_stats())
+    result = example_stats()
+    page = report.html(result)
     check_page(page)
     assert "malformed_record" in page and "<style>" in page
+    found = result["overall"]["text"]["special_strings_as_text"]
+    assert found["occurrences"] > 0
+    shown = f"{found['sequences']:,} ({found['occurrences']:,})"
+    assert f"<td>sequences with special-token strings kept as text (occurrences)</td><td>{shown}</td>" in page
+
+
+def test_files_left_out_are_named_in_both_reports():
+    result = example_stats()
+    result["problems"] = [{"path": "shards/web/part-00001.parquet", "message": "truncated: no footer"}]
+    validation = {
+        "model": {"shape": "toy", "weights": None},
+        "samples": {"validated": 3, "failed": 0},
+        "loss": {"mean": None, "max": None},
+        "checks": {},
+        "failures": [],
+        "failed_sample_ids": [],
+        "highest_loss": [],
+        "expert_load": {},
+        "problems": [{"path": "shards/web/part-00002.parquet", "rows": 4, "message": "not Parquet"}],
+    }
+    page = report.html(result, validation)
+    check_page(page)
+    assert "<td>shards/web/part-00001.parquet</td>" in page and "truncated: no footer" in page
+    assert "<td>shards/web/part-00002.parquet</td>" in page and "not Parquet" in page
+    text = report.markdown(result, validation)
+    assert "shards/web/part-00001.parquet: truncated: no footer" in text
+    assert "shards/web/part-00002.parquet: not Parquet" in text
 
 
 def test_a_report_of_nothing_is_still_valid():

@@ -3,7 +3,9 @@ merging in any order, packed rows, and outputs with an empty or an all-rejected 
 
 from __future__ import annotations
 
+import copy
 import itertools
+import warnings
 from collections import Counter
 
 import numpy as np
@@ -66,6 +68,7 @@ def synthetic_rows(seed: int, n: int, source: str = "web") -> list[dict]:
                 "num_loss_tokens": loss,
                 "seq_len": len(ids),
                 "truncated": bool(rng.random() < 0.2),
+                "special_strings_as_text": int(rng.choice([0, 0, 0, 1, 3])),
                 "tokenizer_sha256": "t",
                 "shape_fingerprint": "f",
                 "position_ids": None,
@@ -184,6 +187,11 @@ def test_every_number_matches_a_direct_recomputation():
     assert text["byte_fallback_share"] == np.isin(ordinary, BYTE_IDS).sum() / ordinary.size
     counted = Counter(ordinary.tolist())
     assert [t["count"] for t in text["top_tokens"]] == sorted(counted.values(), reverse=True)[:20]
+    literal = [row["special_strings_as_text"] for row in rows]
+    assert text["special_strings_as_text"] == {
+        "sequences": sum(n > 0 for n in literal),
+        "occurrences": sum(literal),
+    }
     sampled = [row for i, row in enumerate(rows) if i % 16 == 0]
     assert text["chars_sample"]["rows"] == len(sampled) and text["chars_per_token"] == 1.0
 
@@ -235,6 +243,11 @@ def test_packed_rows_count_documents():
     assert group["packing"]["documents"] == packer.stats.documents == len(rows)
     assert group["packing"]["efficiency"] == pytest.approx(packer.stats.efficiency)
     assert group["samples"] == sum(row["part"] <= 1 for row in rows)
+    literal = [row["special_strings_as_text"] for row in rows]
+    assert group["text"]["special_strings_as_text"] == {
+        "sequences": sum(n > 0 for n in literal),
+        "occurrences": sum(literal),
+    }
     assert group["images"]["per_sequence"] == {
         str(k): v for k, v in sorted(Counter(len(row["images"]) for row in rows).items())
     }
@@ -324,3 +337,74 @@ def test_filtered_distributions_match_a_direct_recomputation_in_any_merge_order(
         99,
         99,
     ]
+
+
+# ------------------------------------------------------------------------------------------------
+# damaged rows: counted where harmless, never an exception
+
+
+def test_impossible_values_are_counted_where_harmless():
+    """Ids outside the vocabulary, grids and sizes that are not positive, an offset outside its row, a
+    region naming no image of its row and a non-finite box: once a ValueError (bincount of a negative
+    position), an IndexError (the region's image) or RuntimeWarnings; now counted as the docstring says."""
+    sound = synthetic_rows(5, 40)
+    rows = copy.deepcopy(sound)
+    text_row = next(r for r in rows if not r["images"])
+    text_row["input_ids"] += [-7, 2**31 - 1, -(2**31)]
+    pictured = [r for r in rows if r["images"]]
+    assert len(pictured) >= 6
+    pictured[0]["images_spatial_crop"][0] = [0, 0]
+    pictured[1]["images_spatial_crop"][0] = [50, 1]
+    pictured[2]["image_token_offsets"][0] = -50
+    pictured[3]["images"][0]["width_px"] = 0
+    pictured[4]["regions"].append({"phrase": "x", "image": 9, "boxes": [[0.0, 0.0, 1.0, 1.0]] * 2})
+    pictured[5]["regions"].append({"phrase": "y", "image": 0, "boxes": [[0.0, 0.0, float("nan"), 1.0]]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        damaged = whole(shard_schema.to_table(rows), manifest_for({}))["overall"]
+    expected = whole(shard_schema.to_table(sound), manifest_for({}))["overall"]
+
+    text, images = damaged["text"], damaged["images"]
+    assert text["ids_outside_vocabulary"] == 3 and expected["text"]["ids_outside_vocabulary"] == 0
+    assert text["tokens"] == expected["text"]["tokens"] + 3
+    assert text["distinct_tokens"] == expected["text"]["distinct_tokens"] + 3
+    assert images["count"] == expected["images"]["count"]
+    assert images["per_sequence"] == expected["images"]["per_sequence"]  # the offset stays in its row
+    assert images["grids"]["0x0"] == 1 and images["grids"]["50x1"] == 1
+    assert images["tokens_per_image"]["count"] == images["count"] - 2
+    assert sum(images["aspect_ratio"]["counts"]) == images["count"] - 1
+    assert sum(images["padding_waste"]["histogram"]["counts"]) == images["count"] - 2
+    grounding = damaged["grounding"]
+    assert grounding["boxes"] == expected["grounding"]["boxes"] + 3
+    assert sum(grounding["box_area_share"]["counts"]) == expected["grounding"]["boxes"]
+
+
+def test_the_text_sample_decodes_only_ids_the_tokenizer_knows():
+    """Before, every ordinary id went to the decoder, which raises on an id it does not know (sentencepiece:
+    IndexError; the Hugging Face backend: OverflowError on a negative id)."""
+    known = 1000
+    context = stats.context_for(SHAPE, 4096, BYTE_IDS, piece_count=known)
+    rows = synthetic_rows(6, 20)
+    rows[0]["input_ids"] += [-5, known, 10**6]
+
+    def strict_decode(ids: list[int]) -> str:
+        assert all(0 <= i < known for i in ids), ids
+        return "x" * len(ids)
+
+    cells = stats.shard_partial(shard_schema.to_table(rows), context, strict_decode).cells.values()
+    ordinary = [
+        i for row in rows[::16] for i in row["input_ids"] if i not in context.special_ids and 0 <= i < known
+    ]
+    assert sum(c.sampled_tokens for c in cells) == sum(c.sampled_chars for c in cells) == len(ordinary)
+
+
+def test_files_left_out_are_listed_as_problems():
+    a = stats.Partial(problems={"shards/b.parquet": "cannot be read: truncated"})
+    b = stats.Partial(problems={"rejects/a.parquet": "cannot be read: missing"})
+    merged = stats.merge(a, b)
+    assert stats.merge(b, a) == merged
+    assert stats.finalize(merged, CONTEXT, manifest_for({}))["problems"] == [
+        {"path": "rejects/a.parquet", "message": "cannot be read: missing"},
+        {"path": "shards/b.parquet", "message": "cannot be read: truncated"},
+    ]
+    assert stats.finalize(stats.Partial(), CONTEXT, manifest_for({}))["problems"] == []

@@ -100,3 +100,56 @@ def test_summary_and_report_section(validator, rows):
     assert "Forward-pass validation (toy-small): 3 samples, 1 failed" in report._validation_markdown(
         validation
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# damaged rows: named failures before the model, never an exception
+
+
+def test_ids_outside_the_vocabulary_fail_before_the_model(validator, rows):
+    """An id past the embedding table (or negative) used to be a bare IndexError inside the model."""
+    huge = dict(rows[2], input_ids=[*rows[2]["input_ids"][:-1], 10**6])
+    negative = dict(rows[0], input_ids=list(rows[0]["input_ids"]))
+    negative["input_ids"][1] = -3
+    label = dict(rows[1], labels=[*rows[1]["labels"][:-1], TOY.language.vocab_size])
+    result = validator([huge, negative, label, rows[2]])
+    assert {(f.sample_id, f.check, f.message) for f in result.failures} == {
+        (huge["sample_id"], "ids_in_vocab", "input ids 1000000 outside the vocabulary [0, 8192)"),
+        (negative["sample_id"], "ids_in_vocab", "input ids -3 outside the vocabulary [0, 8192)"),
+        (label["sample_id"], "ids_in_vocab", "labels 8192 outside the vocabulary [0, 8192)"),
+    }
+    assert result.samples == 4 and list(result.losses) == [rows[2]["sample_id"]]
+    assert result.passed["ids_in_vocab"] == 1 and result.passed["forward"] == 1
+    assert result.passed["labels_length"] == 4  # the damaged rows' lengths were checked too
+
+
+def test_many_offending_ids_are_named_a_few_at_a_time(validator, rows):
+    row = dict(rows[2], input_ids=[*rows[2]["input_ids"][:1], *range(9000, 9008), -1])
+    (failure,) = validator([row]).failures
+    assert failure.message.startswith("input ids 9000, 9001, 9002, 9003, 9004 and 4 more outside")
+
+
+@pytest.mark.parametrize("change", [-1, 1])
+def test_labels_of_another_length_fail_by_name(validator, rows, change):
+    """Labels shorter or longer than the ids used to break the batch (a RuntimeError in the reader)."""
+    labels = rows[2]["labels"][:-1] if change < 0 else [*rows[2]["labels"], -100]
+    damaged = dict(rows[2], labels=labels)
+    result = validator([damaged, rows[0]])
+    n = len(rows[2]["input_ids"])
+    assert [(f.sample_id, f.check, f.message) for f in result.failures] == [
+        (damaged["sample_id"], "labels_length", f"{n + change} labels for {n} input ids")
+    ]
+    assert list(result.losses) == [rows[0]["sample_id"]]
+
+
+def test_rows_not_validated_are_problems_per_file():
+    summary = validate.Summary()
+    summary.add(validate.BatchResult(problems=[validate.Problem("shards/b.parquet", 2, "cannot be read: x")]))
+    summary.add(validate.BatchResult(problems=[validate.Problem("shards/a.parquet", 4, "cannot be read: y")]))
+    summary.add(validate.BatchResult(problems=[validate.Problem("shards/b.parquet", 3, "cannot be read: x")]))
+    result = summary.to_json(with_losses=False)
+    assert result["problems"] == [
+        {"path": "shards/a.parquet", "rows": 4, "message": "cannot be read: y"},
+        {"path": "shards/b.parquet", "rows": 5, "message": "cannot be read: x"},
+    ]
+    assert result["samples"] == {"validated": 0, "failed": 0, "passed": 0}
