@@ -6,6 +6,9 @@ A caption corpus is generated (Parquet files of small JPEGs with captions). Meas
           `ShardWriter` — the job's work without its orchestration (the named baseline);
 - job:    `jobs.pretokenize.run` on an embedded Ray with 1 and with 2 CPUs (Ray started before the clock,
           its start time shown apart), at 1× and 4× the corpus size;
+- tokenizer: every run with shape tiny and its default tokenizer, the real DeepSeek-VL2 one (`vl2`); the
+          plain loop and the 2-CPU job also with shape toy and the demo sentencepiece model (`demo`, the
+          baseline the real tokenizer replaced: same tiling, same images, other ids);
 - curated: the same job on 2 CPUs with filters (image side, aspect ratio, padding share, text tokens)
           and deduplication by sample, image and text; every 10th image of the corpus repeats the one
           before it, so 10% of the samples are duplicates;
@@ -82,12 +85,16 @@ CURATION = (
 )
 
 
-def write_config(folder: Path, corpus: Path, cpus: int, curate: bool = False) -> Path:
-    name = f"{cpus}-curated" if curate else str(cpus)
+SHAPES = {"vl2": "tiny", "demo": "toy"}
+"""Tokenizer label → the shape whose default it is."""
+
+
+def write_config(folder: Path, corpus: Path, cpus: int, curate: bool = False, tokenizer: str = "vl2") -> Path:
+    name = f"{cpus}-{tokenizer}" + ("-curated" if curate else "")
     extra = f", {CURATION}" if curate else ""
     config = folder / f"job-{name}.yaml"
     config.write_text(
-        "model_shape: tiny\n"
+        f"model_shape: {SHAPES[tokenizer]}\n"
         f"sources:\n  - {{name: captions, format: parquet, path: {corpus}{extra}}}\n"
         f"output: {{dir: {folder / f'out-{name}'}, stats: false}}\n"
         f"ray: {{num_cpus: {cpus}}}\n"
@@ -143,37 +150,46 @@ def main() -> None:
             samples = make_corpus(corpus, args.files * scale, args.per_file)
             work = base / f"run-{scale}x"
             work.mkdir()
-            plain = plain_loop(write_config(work, corpus, 1))
-            rows.append((f"{scale}×", "plain loop", "1", samples, plain, None, None, None))
+            plain = {tok: plain_loop(write_config(work, corpus, 1, tokenizer=tok)) for tok in ("demo", "vl2")}
+            for tok, seconds in plain.items():
+                rows.append((f"{scale}×", "plain loop", tok, "1", samples, seconds, None, None, None))
             runs = {cpus: job_run(write_config(work, corpus, cpus)) for cpus in (1, 2)}
             for cpus, run in runs.items():
                 scaling = runs[1]["seconds"] / run["seconds"] if cpus == 2 else None
                 rows.append(
-                    (f"{scale}×", "job", str(cpus), samples, run["seconds"], plain, scaling, run["peak_mib"])
-                )
-            curated = job_run(write_config(work, corpus, 2, curate=True))
+                    (f"{scale}×", "job", "vl2", str(cpus), samples, run["seconds"], plain["vl2"], scaling,
+                     run["peak_mib"])
+                )  # fmt: skip
+            demo = job_run(write_config(work, corpus, 2, tokenizer="demo"))
             rows.append(
                 (
                     f"{scale}×",
-                    "curated job",
+                    "job",
+                    "demo",
                     "2",
                     samples,
-                    curated["seconds"],
-                    plain,
+                    demo["seconds"],
+                    plain["demo"],
                     None,
-                    curated["peak_mib"],
+                    demo["peak_mib"],
                 )
             )
+            curated = job_run(write_config(work, corpus, 2, curate=True))
+            rows.append(
+                (f"{scale}×", "curated job", "vl2", "2", samples, curated["seconds"], plain["vl2"], None,
+                 curated["peak_mib"])
+            )  # fmt: skip
             ray_start = sum(run["ray_start"] for run in runs.values()) / len(runs)
 
-    header = ("corpus", "run", "CPUs", "samples", "seconds", "samples/s", "job/plain time", "2/1 speed-up",
-              "driver peak MiB")  # fmt: skip
+    header = ("corpus", "run", "tokenizer", "CPUs", "samples", "seconds", "samples/s", "job/plain time",
+              "2/1 speed-up", "driver peak MiB")  # fmt: skip
     table = [header]
-    for scale, name, cpus, samples, seconds, plain, scaling, peak in rows:
+    for scale, name, tok, cpus, samples, seconds, plain, scaling, peak in rows:
         table.append(
             (
                 scale,
                 name,
+                tok,
                 cpus,
                 str(samples),
                 f"{seconds:.2f}",
@@ -188,11 +204,11 @@ def main() -> None:
     for line in table:
         print(
             "  ".join(
-                cell.rjust(w) if i >= 2 else cell.ljust(w)
+                cell.rjust(w) if i >= 3 else cell.ljust(w)
                 for i, (cell, w) in enumerate(zip(line, widths, strict=True))
             )
         )
-    print(f"\nRay start (not in the job times): {ray_start:.1f} s")
+    print(f"\nRay start (not in the job times): {ray_start:.1f} s; job/plain compares runs of one tokenizer")
 
 
 if __name__ == "__main__":

@@ -1,19 +1,23 @@
-"""Benchmark: building sequences (`pipeline.sequence`) against raw tokenization of the same text, one core.
+"""Benchmark: building sequences (`pipeline.sequence`) against raw tokenization of the same text, one core,
+with the real DeepSeek-VL2 tokenizer (shape tiny) and the demo sentencepiece model (shape toy, the
+baseline).
 
-For each corpus of generated samples (text drawn from the default tokenizer's shipped training text, fixed
-seed; images are size-only, as sequence building never decodes pixels) four things are timed, best of
---repeat interleaved rounds, each over the whole corpus in one call:
+For each corpus of generated samples (text drawn from the demo tokenizer's shipped training text, fixed
+seed; images are size-only, as sequence building never decodes pixels) and each tokenizer, four things are
+timed, best of --repeat interleaved rounds, each over the whole corpus in one call:
 
-- raw:       the sentencepiece backend encoding each sample's own text (batched, one thread);
+- raw:       the tokenizer library alone (sentencepiece, or `tokenizers` for the byte-level BPE) encoding
+             each sample's own text (batched, one thread);
 - raw+tmpl:  the backend encoding every text piece the built sequences hold: the samples' text plus the
              template's (": " after role tags, prompts, written grounding boxes);
 - build:     `SequenceBuilder.build_many`: template, tokenization, image spans, labels, shard-row dicts;
 - +arrow:    build, then the rows as an Arrow table of `schemas.shard` (what a job writes).
 
-Rates are in tokens of the samples' own text per second. `build/raw` is the share of raw tokenization speed
-that sequence building keeps (the goal: ≥ 80%); `build/raw+tmpl` compares with encoding exactly the text
-the sequences hold, template included. `seq tok/s` counts every token of the built rows, image tokens
-included.
+Rates are in tokens of the samples' own text per second (each tokenizer's own tokens: the 128k-piece BPE
+makes fewer than the 4k-piece demo model for the same text). `build/raw` is the share of raw tokenization
+speed that sequence building keeps; `build/raw+tmpl` compares with encoding exactly the text the sequences
+hold, template included. `seq tok/s` counts every token of the built rows, image tokens included.
+`build samples/s` and `vs demo` compare the two tokenizers on the same samples.
 
 Run: `.venv/bin/python bench/sequences.py [--repeat N] [--scale S]`.
 """
@@ -27,6 +31,7 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYO
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
+import lzma  # noqa: E402
 import random  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -34,6 +39,7 @@ from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import sentencepiece as spm  # noqa: E402
+from tokenizers import Tokenizer as HFTokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -45,8 +51,9 @@ from pipeline.templates import TemplateConfig, render  # noqa: E402
 from schemas import shard  # noqa: E402
 from schemas.sample import sample_id_for  # noqa: E402
 
-SPECIAL = set(tokenizer.SPECIAL_STRINGS.values())
-WORDS = [w for f in tokenizer.default_training_files() for w in f.read_text(encoding="utf-8").split()]
+WORDS = [w for f in tokenizer.demo_training_files() for w in f.read_text(encoding="utf-8").split()]
+TOKENIZERS = (("demo", "toy"), ("deepseek-vl2", "tiny"))
+"""(tokenizer, shape) pairs: the demo model (the baseline) and the real DeepSeek-VL2 tokenizer."""
 
 
 def segment(
@@ -125,6 +132,15 @@ def best_of_rounds(functions: list[Callable[[], object]], repeat: int) -> list[f
     return best
 
 
+def raw_encoder(name: str) -> Callable[[list[str]], object]:
+    """The tokenizer library alone, without vl2prep's wrapper: what a pipeline pays at the least."""
+    if name == "demo":
+        processor = spm.SentencePieceProcessor(model_file=str(tokenizer.DEMO_MODEL))
+        return lambda texts: processor.encode(texts, num_threads=1)
+    library = HFTokenizer.from_str(lzma.decompress(tokenizer.DEEPSEEK_VL2.read_bytes()).decode("utf-8"))
+    return lambda texts: [e.ids for e in library.encode_batch_fast(texts, add_special_tokens=False)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -133,9 +149,6 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the corpus sizes")
     args = parser.parse_args()
 
-    shape = model_shapes.load("toy")
-    tok = tokenizer.load("default", shape)
-    raw = spm.SentencePieceProcessor(model_file=str(tokenizer.DEFAULT_MODEL))
     corpora = {  # name → samples
         "caption": 4000,
         "caption-plain": 4000,
@@ -145,68 +158,90 @@ def main() -> None:
         "text": 400,
     }
     rng = random.Random(0)
-    header = ("corpus", "samples", "own tok", "raw tok/s", "build tok/s", "+arrow tok/s", "build/raw")
-    header += ("build/raw+tmpl", "seq tok/s")
+    samples_of = {
+        name: make_corpus(name, max(1, int(count * args.scale)), rng) for name, count in corpora.items()
+    }
+    header = ("tokenizer", "corpus", "samples", "own tok", "raw tok/s", "build tok/s", "+arrow tok/s")
+    header += ("build/raw", "build/raw+tmpl", "seq tok/s", "build samples/s", "vs demo")
     rows = []
-    totals = [0.0] * 4
-    total_tokens = 0
-    for name, count in corpora.items():
-        samples = make_corpus(name, max(1, int(count * args.scale)), rng)
-        config = TemplateConfig(render="plain" if name == "caption-plain" else None)
-        builder = SequenceBuilder(tok, options=SequenceOptions(templates=config))
-        own = [t for s in samples for t in own_text(s)]
-        templated = [
-            part
-            for s in samples
-            for block in render(s, config).blocks
-            for part in block.parts
-            if isinstance(part, str) and part not in SPECIAL
-        ]
-        tokens = sum(len(ids) for ids in raw.encode(own, num_threads=1))
-        built = builder.build_many(samples)
-        assert all(b.reject is None for b in built), "the benchmark corpora must build without rejects"
-        sequence_tokens = sum(r["seq_len"] for b in built for r in b.rows)
+    demo_seconds: dict[str, float] = {}
+    for name, shape_name in TOKENIZERS:
+        tok = tokenizer.load(name, model_shapes.load(shape_name))
+        raw = raw_encoder(name)
+        totals = [0.0] * 4
+        total_tokens = total_samples = 0
+        for corpus, samples in samples_of.items():
+            config = TemplateConfig(render="plain" if corpus == "caption-plain" else None)
+            builder = SequenceBuilder(tok, options=SequenceOptions(templates=config))
+            own = [t for s in samples for t in own_text(s)]
+            templated = [
+                part
+                for s in samples
+                for block in render(s, config).blocks
+                for part in block.parts
+                if type(part) is str
+            ]
+            tokens = sum(len(ids) for ids in raw(own))
+            built = builder.build_many(samples)
+            assert all(b.reject is None for b in built), "the benchmark corpora must build without rejects"
+            sequence_tokens = sum(r["seq_len"] for b in built for r in b.rows)
 
-        def to_arrow(builder: SequenceBuilder = builder, samples: list[dict] = samples) -> None:
-            shard.to_table([row for b in builder.build_many(samples) for row in b.rows])
+            def to_arrow(builder: SequenceBuilder = builder, samples: list[dict] = samples) -> None:
+                shard.to_table([row for b in builder.build_many(samples) for row in b.rows])
 
-        seconds = best_of_rounds(
-            [
-                lambda own=own: raw.encode(own, num_threads=1),
-                lambda templated=templated: raw.encode(templated, num_threads=1),
-                lambda builder=builder, samples=samples: builder.build_many(samples),
-                to_arrow,
-            ],
-            args.repeat,
-        )
-        totals = [t + s for t, s in zip(totals, seconds, strict=True)]
-        total_tokens += tokens
-        rows.append(table_row(name, len(samples), tokens, seconds, sequence_tokens))
-    rows.append(table_row("all", None, total_tokens, totals, None))
+            seconds = best_of_rounds(
+                [
+                    lambda own=own, raw=raw: raw(own),
+                    lambda templated=templated, raw=raw: raw(templated),
+                    lambda builder=builder, samples=samples: builder.build_many(samples),
+                    to_arrow,
+                ],
+                args.repeat,
+            )
+            totals = [t + x for t, x in zip(totals, seconds, strict=True)]
+            total_tokens += tokens
+            total_samples += len(samples)
+            if name == "demo":
+                demo_seconds[corpus] = seconds[2]
+            versus = demo_seconds[corpus] / seconds[2]
+            rows.append(table_row(name, corpus, len(samples), tokens, seconds, sequence_tokens, versus))
+        if name == "demo":
+            demo_seconds["all"] = totals[2]
+        versus = demo_seconds["all"] / totals[2]
+        rows.append(table_row(name, "all", total_samples, total_tokens, totals, None, versus))
     widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
     for line in (header, *rows):
         cells = zip(line, widths, strict=True)
-        print("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(cells)))
+        print("  ".join(cell.rjust(w) if i > 1 else cell.ljust(w) for i, (cell, w) in enumerate(cells)))
     print(
-        f"\nOne thread, best of {args.repeat} interleaved rounds; shape toy, default tokenizer "
-        f"({tok.piece_count} pieces). tok = tokens of the samples' own text."
+        f"\nOne thread, best of {args.repeat} interleaved rounds. tok = each tokenizer's tokens of the "
+        "samples' own text; vs demo = demo build time / this build time on the same samples (> 1: faster)."
     )
 
 
 def table_row(
-    name: str, samples: int | None, tokens: int, seconds: list[float], sequence_tokens: int | None
+    name: str,
+    corpus: str,
+    samples: int,
+    tokens: int,
+    seconds: list[float],
+    sequence_tokens: int | None,
+    versus: float,
 ) -> tuple[str, ...]:
     raw, raw_templated, built, arrow = seconds
     return (
         name,
-        "" if samples is None else str(samples),
-        "" if samples is None else f"{tokens / samples:.0f}",
+        corpus,
+        str(samples),
+        f"{tokens / samples:.0f}",
         f"{tokens / raw:,.0f}",
         f"{tokens / built:,.0f}",
         f"{tokens / arrow:,.0f}",
         f"{raw / built:.0%}",
         f"{raw_templated / built:.0%}",
         "" if sequence_tokens is None else f"{sequence_tokens / built:,.0f}",
+        f"{samples / built:,.0f}",
+        f"{versus:.2f}",
     )
 
 

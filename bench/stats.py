@@ -3,7 +3,7 @@ against a plain pyarrow scan of the same columns, on one synthetic shard file, o
 
 Rows look like captioned images: one or two images (official grids and span lengths of the `tiny` shape), a
 few boxes, 30-300 text tokens. The goal: the stats pass within 2x of the scan. The characters-per-token sample
-decodes with the default tokenizer, as the job does.
+decodes with the default tokenizer of tiny (DeepSeek-VL2's), as the job does.
 
 Run: `.venv/bin/python bench/stats.py [--rows N] [--repeat N]`.
 """
@@ -65,6 +65,7 @@ def make_rows(n: int, shape: model_shapes.ModelShape) -> list[dict]:
                 "num_loss_tokens": len(ids) - image_tokens,
                 "seq_len": len(ids),
                 "truncated": False,
+                "special_strings_as_text": 0,
                 "tokenizer_sha256": "t",
                 "shape_fingerprint": "f",
                 "position_ids": None,
@@ -82,7 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     tokenizer = tokenizers.load("default", model_shapes.load("tiny"))
     shape = tokenizer.shape
-    context = stats.context_for(shape, 4096, stats_job._byte_fallback_ids(tokenizer))
+    context = stats.context_for(shape, 4096, tokenizer.byte_fallback_ids())
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "shards" / "part-00000.parquet"
         path.parent.mkdir()
