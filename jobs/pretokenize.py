@@ -59,7 +59,7 @@ import pyarrow.fs as pafs
 
 from jobs import dedup as dedup_stage
 from jobs.config import JobConfig
-from jobs.ray_runtime import ray_scope
+from jobs.ray_runtime import ray_scope, reap_stale_sessions
 from pipeline import dedup, filters, shards
 from pipeline.ingest import Counts
 from pipeline.packing import Packer
@@ -159,6 +159,7 @@ def run(config: JobConfig, overwrite: bool = False, out_stream: Any = None) -> i
     with ray_scope(), shards.OutputLease(out) as lease:  # Ray, if this run starts it, ends with it
         if lease.took_over:
             print(f"{config.output_dir}: {lease.took_over}.", file=out_stream)
+            reap_stale_sessions()  # no straggling worker of a killed run writes beside this one
         return _run_leased(config, out, lease, overwrite, out_stream)
 
 

@@ -34,6 +34,7 @@ import glob
 import os
 import secrets
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -257,12 +258,26 @@ def _wait_for_port(endpoint: tuple[str, int], timeout_s: float, shown: str) -> N
     )
 
 
-def _make_session_dir() -> tuple[str, int]:
-    """A fresh folder (mode 0700) for Ray's session files, short enough for Ray's Unix sockets, and the
-    descriptor of its lock, held until `stop_ray`. Stale folders of killed runs are removed first."""
+def _session_base() -> str:
+    """The folder that holds the embedded Ray's session folders."""
     base = tempfile.gettempdir()
     if len(os.fsencode(base)) + 1 + _SESSION_NAME_BYTES + _SOCKET_TAIL_BYTES > _AF_UNIX_MAX_BYTES:
         base = "/tmp"  # a long TMPDIR (a test's folder) would make Ray's socket paths too long
+    return base
+
+
+def reap_stale_sessions() -> list[str]:
+    """Stop what embedded runs of this user that died without `stop_ray` left behind (their Ray's GCS,
+    raylet and workers outlive a killed driver by seconds, and a worker may still write into an output)
+    and remove their folders; returns the folders removed. The pretokenize job calls it when it takes
+    over the lease of a dead job, so that no straggler of that job writes beside it."""
+    return remove_stale_session_dirs(_session_base())
+
+
+def _make_session_dir() -> tuple[str, int]:
+    """A fresh folder (mode 0700) for Ray's session files, short enough for Ray's Unix sockets, and the
+    descriptor of its lock, held until `stop_ray`. Stale folders of killed runs are removed first."""
+    base = _session_base()
     remove_stale_session_dirs(base)
     session_dir = tempfile.mkdtemp(prefix=_SESSION_PREFIX, dir=base)
     # Locked before it gets its final name, so that no sweep ever finds this folder's lock free.
@@ -275,7 +290,8 @@ def _make_session_dir() -> tuple[str, int]:
 
 def remove_stale_session_dirs(base: str) -> list[str]:
     """Remove the session folders in `base` left by embedded runs that died without `stop_ray` (their
-    lock is free); folders in use, of other users or not yet set up are left alone. Returns the removed."""
+    lock is free), after stopping the processes still running for them (`_kill_session`); folders in use,
+    of other users or not yet set up are left alone. Returns the removed."""
     removed = []
     for folder in sorted(glob.glob(os.path.join(glob.escape(base), _SESSION_PREFIX + "*"))):
         try:
@@ -287,11 +303,72 @@ def remove_stale_session_dirs(base: str) -> list[str]:
         except OSError:
             continue  # a live run holds it
         else:
+            _kill_session(folder)
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
         finally:
             os.close(descriptor)
     return removed
+
+
+def _kill_session(folder: str, wait_s: float = 10.0) -> None:
+    """SIGKILL the processes of this user that belong to the Ray session in `folder` and wait (at most
+    `wait_s`) until they are gone. Linux only (/proc); elsewhere nothing is found."""
+    pids = _session_processes(folder)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + wait_s
+    while pids and time.monotonic() < deadline:
+        pids = {pid for pid in pids if _running(pid)}
+        time.sleep(0.05)
+
+
+def _session_processes(folder: str) -> set[int]:
+    """The processes of this user whose command line or environment names `folder` (Ray's GCS, raylet and
+    agents of the session name it on their command line; its workers inherit the token's path in
+    `RAY_AUTH_TOKEN_PATH`, also once their raylet is gone and they run in process groups of their own)
+    and every process below them."""
+    needle = os.fsencode(folder)
+    parents: dict[int, int] = {}
+    found: set[int] = set()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != os.getuid():
+                continue
+            with open(f"/proc/{pid}/stat", "rb") as stat_file:
+                fields = stat_file.read().rsplit(b")", 1)[1].split()
+            parents[pid] = int(fields[1])
+            for name in ("cmdline", "environ"):
+                with open(f"/proc/{pid}/{name}", "rb") as text:
+                    if needle in text.read():
+                        found.add(pid)
+                        break
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not readable
+    grew = True
+    while grew:
+        below = {pid for pid, parent in parents.items() if parent in found} - found
+        found |= below
+        grew = bool(below)
+    found.discard(os.getpid())
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a process that has not exited (a zombie waiting to be reaped has)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            return stat_file.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _apply_environment(changes: Mapping[str, str | None]) -> dict[str, str | None]:

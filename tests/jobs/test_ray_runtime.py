@@ -265,3 +265,54 @@ def test_stale_session_folders_of_killed_runs_are_removed_and_live_ones_kept(tmp
     assert folders["vl2prep-ray-live"].exists()
     assert folders["vl2prep-ray-new"].exists()  # being set up: no lock yet
     assert other.exists()
+
+
+STRAGGLER_DRIVER = """
+import os, sys, time
+from jobs.ray_runtime import start_ray
+start_ray(num_cpus=1, object_store_memory=80 * 2**20)
+import ray
+
+@ray.remote
+def keep_writing(path):
+    while True:  # a task that would go on writing into an output after its driver is killed
+        with open(path, "a") as out:
+            out.write("x")
+        time.sleep(0.05)
+
+keep_writing.remote(sys.argv[1])
+print(os.path.dirname(os.environ["RAY_AUTH_TOKEN_PATH"]), flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.timeout(240)
+def test_the_workers_of_a_killed_run_are_stopped_with_its_folder(tmp_path):
+    import signal
+    import time
+
+    from jobs.ray_runtime import reap_stale_sessions
+
+    written = tmp_path / "written"
+    env = clean_env(tmp_path)
+    driver = subprocess.Popen(
+        [sys.executable, "-c", STRAGGLER_DRIVER, str(written)], cwd=REPO, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        folder = Path(driver.stdout.readline().strip())
+        deadline = time.monotonic() + 120
+        while not (written.exists() and written.stat().st_size > 3) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert written.exists(), "the task never ran"
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver, its GCS and raylet; the worker has its own group
+        driver.wait(timeout=60)
+    size = written.stat().st_size
+    time.sleep(1.5)
+    assert written.stat().st_size > size, "no straggler: the worker died with its driver"
+    assert str(folder) in reap_stale_sessions()
+    size = written.stat().st_size
+    time.sleep(1.5)
+    assert written.stat().st_size == size, "the killed run's worker still writes"
+    assert not folder.exists()
