@@ -1,11 +1,13 @@
-"""The whole model against the official implementation's reference forward pass (``shared/golden/model/
+"""The whole model against the official implementation's reference forward pass (``tests/golden/model/
 public_mla``: MLA with q-LoRA, softmax-greedy MoE, a left-padded batch of a 3×1 and a 1×1 image), with its
 intermediates to localise a difference: ViT features, adaptor output, input embeddings, hidden states per
-layer, router picks."""
+layer, router picks. The reference's safetensors files are stored xz-compressed, cut in parts of at most
+2 MB; the fixture puts them back together in a temporary folder."""
 
 from __future__ import annotations
 
 import json
+import lzma
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,8 @@ import torch.nn.functional as F
 
 import model_shapes
 
-GOLDEN = Path(__file__).resolve().parents[2].parent / "shared" / "golden" / "model" / "public_mla"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "model" / "public_mla"
+FILES = ("state_dict", "inputs", "expected", "expected_extra", "expected_vision")
 TOLERANCE = 1e-4  # spec: a correct float32 implementation is within a few 1e-6
 
 
@@ -46,20 +49,29 @@ class Run:
             return self.model(**batch).logits
 
 
+def unpacked(folder: Path) -> Path:
+    """The reference's safetensors files, decompressed from their parts into `folder`."""
+    for name in FILES:
+        parts = sorted(GOLDEN.glob(f"{name}.safetensors.xz*"))
+        assert parts, f"{name}.safetensors.xz is missing from {GOLDEN}"
+        data = lzma.decompress(b"".join(part.read_bytes() for part in parts))
+        (folder / f"{name}.safetensors").write_bytes(data)
+    return folder
+
+
 @pytest.fixture(scope="module")
-def run() -> Run:
-    if not GOLDEN.is_dir():
-        pytest.skip(f"the shared golden folder must sit beside the clone: {GOLDEN} is missing")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     from safetensors.torch import load_file
 
+    files = unpacked(tmp_path_factory.mktemp("public_mla"))
     config = json.loads((GOLDEN / "config.json").read_text(encoding="utf-8"))
     model = model_shapes.build_model(model_shapes.from_official_config(config), device="meta")
-    model_shapes.load_official_weights(model, GOLDEN / "state_dict.safetensors")
+    model_shapes.load_official_weights(model, files / "state_dict.safetensors")
     model.eval()
-    inputs = load_file(GOLDEN / "inputs.safetensors")
+    inputs = load_file(files / "inputs.safetensors")
     expected: dict[str, torch.Tensor] = {}
     for name in ("expected", "expected_extra", "expected_vision"):
-        expected.update(load_file(GOLDEN / f"{name}.safetensors"))
+        expected.update(load_file(files / f"{name}.safetensors"))
     images = inputs["pixel_lut"][inputs["images_u8"].long()]
     images[~inputs["images_tile_valid"]] = 0.0
 
