@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Cluster smoke test: a one-node Ray cluster of its own on loopback (its own temp dir, ports and token), the
 # example pretokenize job submitted with `ray job submit`, its output checked, then the cluster's own
-# processes stopped (never `ray stop`: it stops every Ray of the machine). Needs the `cluster` extra:
+# processes stopped by their process ids (the ray CLI's stop command would stop every Ray of the machine).
+# Needs the `cluster` extra:
 #   .venv/bin/pip install -e ".[cluster]" && bash jobs/cluster_smoke.sh [GCS_PORT] [DASHBOARD_PORT]
 set -euo pipefail
 cd "$(dirname "$0")/.."

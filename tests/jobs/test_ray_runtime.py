@@ -86,7 +86,7 @@ def test_embedded_ray_refuses_processes_without_its_token_and_removes_its_folder
         # machine's address, where nothing listens, and the test would pass for the wrong reason).
         refused = f"could not join the Ray cluster at {started['gcs']}: it refused this job's token"
         attachers = {
-            "ray-init-auth-disabled": (ATTACKER, {"RAY_AUTH_MODE": "disabled"}, "InvalidAuthToken"),
+            "ray-init-without-token": (ATTACKER, {}, "InvalidAuthToken"),  # Ray's default: no token
             "start-ray-wrong-token": (
                 JOINER,
                 {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)},
@@ -150,7 +150,7 @@ def test_the_job_scope_removes_the_private_session_folder_and_gives_the_environm
     long_tmp.mkdir()
     result = subprocess.run(
         [sys.executable, "-c", STOP_DRIVER], cwd=REPO,
-        env=clean_env(tmp_path, TMPDIR=str(long_tmp), RAY_AUTH_MODE="disabled", RAY_AUTH_TOKEN="the-user's"),
+        env=clean_env(tmp_path, TMPDIR=str(long_tmp), RAY_AUTH_TOKEN="the-user's", RAY_AUTH_TOKEN_PATH="/t"),
         capture_output=True, text=True, timeout=170,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-5000:]
@@ -164,10 +164,11 @@ def test_the_job_scope_removes_the_private_session_folder_and_gives_the_environm
     assert during["RAY_AUTH_MODE"] == "token"
     assert during["RAY_AUTH_TOKEN"] is None
     assert during["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+    assert during["RAY_AUTH_TOKEN_PATH"] != "/t"
     assert report["environment_after_stop"] == {
-        "RAY_AUTH_MODE": "disabled",
+        "RAY_AUTH_MODE": None,
         "RAY_AUTH_TOKEN": "the-user's",
-        "RAY_AUTH_TOKEN_PATH": None,
+        "RAY_AUTH_TOKEN_PATH": "/t",
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": None,
     }
 
@@ -224,7 +225,7 @@ def test_joining_a_cluster_changes_no_environment(address, environ):
 
 
 @pytest.mark.parametrize("address", ["auto", "10.1.2.3:6379", None])
-@pytest.mark.parametrize("mode", [{"RAY_AUTH_MODE": " Disabled "}, {"RAY_AUTH_MODE": ""}, {}])
+@pytest.mark.parametrize("mode", [{"RAY_AUTH_MODE": " Off "}, {"RAY_AUTH_MODE": ""}, {}])
 def test_joining_a_cluster_without_token_authentication_is_refused(address, mode):
     environ = {**mode, "RAY_ADDRESS": "10.1.2.3:6379"}
     with pytest.raises(RayStartError, match="RAY_AUTH_MODE=token") as raised:
@@ -235,7 +236,7 @@ def test_joining_a_cluster_without_token_authentication_is_refused(address, mode
 @pytest.mark.parametrize(
     ("address", "environ"),
     [
-        (None, {"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": "not-ours", "RAY_ADDRESS": ""}),
+        (None, {"RAY_AUTH_MODE": "off", "RAY_AUTH_TOKEN": "not-ours", "RAY_ADDRESS": ""}),
         ("local", {"RAY_ADDRESS": "10.1.2.3:6379"}),
     ],
 )
