@@ -26,8 +26,9 @@ import model_shapes
 from pipeline import ingest, shards
 from pipeline import tokenizer as tokenizers
 from pipeline.dedup import DedupOptions, parse_dedup
+from pipeline.errors import ConfigError
 from pipeline.filters import FILTERS, Filters, parse_filters
-from pipeline.ingest import ConfigError, Reader
+from pipeline.ingest import Reader
 from pipeline.sequence import OVERFLOW_POLICIES, SequenceOptions
 from pipeline.templates import PROMPT_LISTS, TemplateConfig
 

@@ -66,7 +66,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from pipeline.ingest.base import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.tiling import to_rgb
 from schemas import reject as reject_schema
 

@@ -68,7 +68,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from model_shapes import ModelShape
-from pipeline.ingest.base import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.tiling import best_grid, contain_size
 from pipeline.tokenizer import Tokenizer
 from schemas import reject as reject_schema

@@ -25,10 +25,11 @@ from schemas import table_of
 
 SCHEMA_VERSION = 2
 
-STAGES = ("read", "image", "sample", "sequence", "filter", "dedup")
+STAGES = ("read", "image", "sample", "sequence", "filter", "dedup", "decontaminate")
 """read: the file or record could not be parsed. image: an image could not be used. sample: the
 record parsed but does not make a valid sample. sequence: the sample could not become a token
-sequence. filter: a configured filter dropped it. dedup: a duplicate of a kept sample."""
+sequence. filter: a configured filter dropped it. dedup: a duplicate (or near-duplicate) of a kept
+sample. decontaminate: it overlaps an evaluation set."""
 
 REASONS: dict[str, str] = {
     # read
@@ -38,6 +39,10 @@ REASONS: dict[str, str] = {
     "bad_field": "a field has the wrong type or an impossible value",
     "unsafe_member": "a tar member with an absolute name, '..', a link or a device: never extracted",
     "record_too_large": "a JSON line, JSON array element or tar text/JSON member over max_record_bytes",
+    "unsupported_file": "a file in a source's folder or glob that its format cannot read (the detail names "
+    "the file and the formats that would); one reject per file, never a silent skip",
+    "failed_download": "a record a downloader (img2dataset) marked as not downloaded; the detail gives its "
+    "status and error",
     # image
     "missing_image": "an image file referenced by the record does not exist or is not a regular file (a "
     "folder, FIFO, device)",
@@ -59,6 +64,8 @@ REASONS: dict[str, str] = {
     "too_long": "the token sequence exceeds max_seq_len under the 'drop' length policy",
     "no_loss_tokens": "a sequence with no token to train on",
     "bad_tokens": "a token id outside the vocabulary or equal to a special id where text was expected",
+    "too_many_tiles": "packing with max_tiles: a sample whose images alone need more tiles than a packed row "
+    "may hold (value: its tiles)",
     # filter / dedup
     "filtered": "dropped by a reader's own filter (grit's min_score: the detail names it and the value)",
     "image_too_small": "filter min_image_side: an image side shorter than the minimum (value: pixels)",
@@ -73,6 +80,13 @@ REASONS: dict[str, str] = {
     "duplicate_sample": "dedup by sample: the same content as an earlier sample (the detail names it)",
     "duplicate_image": "dedup by image: the same images as an earlier sample (the detail names it)",
     "duplicate_text": "dedup by text: the same normalized text as an earlier sample (the detail names it)",
+    "near_duplicate_image": "dedup by image_near: an image within near_distance bits (perceptual hash) of an "
+    "earlier kept sample's image (the detail names it; value: the distance)",
+    # decontaminate
+    "eval_image_overlap": "an image within image_distance bits (perceptual hash) of an evaluation image (the "
+    "detail names it; value: the distance)",
+    "eval_text_overlap": "text sharing a word n-gram with an evaluation text after normalization (the detail "
+    "names the evaluation item and the n-gram)",
 }
 
 SCHEMA = pa.schema(

@@ -59,6 +59,7 @@ import pyarrow.fs as pafs
 from PIL import Image
 
 from pipeline import images
+from pipeline.errors import ConfigError
 from schemas import reject as reject_schema
 from schemas import sample as sample_schema
 
@@ -102,10 +103,6 @@ MAX_RECORD_BYTES = 1 << 30
 SOURCE_KEYS = ("name", "format", "path", "images_root")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 GLOB_CHARACTERS = frozenset("*?[")
-
-
-class ConfigError(ValueError):
-    """A source configuration that cannot work; the message names the key and what to change."""
 
 
 class OutsideRoot(PermissionError):

@@ -47,7 +47,8 @@ import struct
 from collections.abc import Generator
 from dataclasses import dataclass
 
-from pipeline.ingest.base import ConfigError, Format, ImageOptions, Row, SourceConfig, option
+from pipeline.errors import ConfigError
+from pipeline.ingest.base import Format, ImageOptions, Row, SourceConfig, option
 from pipeline.ingest.checks import (
     CheckedImage,
     FileUnreadable,

@@ -16,7 +16,7 @@ from shard_support import sample_of
 
 from pipeline import dedup
 from pipeline.dedup import DedupOptions
-from pipeline.ingest.base import ConfigError
+from pipeline.errors import ConfigError
 from schemas import reject as reject_schema
 from schemas.sample import sample_id_for, to_table
 

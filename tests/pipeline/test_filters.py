@@ -15,8 +15,8 @@ from PIL import Image
 import model_shapes
 from pipeline import filters as filters_module
 from pipeline import tiling, tokenizer
+from pipeline.errors import ConfigError
 from pipeline.filters import FILTERS, QUANTITIES, Filters, apply, dropped_by, measure, parse_filters
-from pipeline.ingest import ConfigError
 from schemas import reject as reject_schema
 from schemas import sample as sample_schema
 

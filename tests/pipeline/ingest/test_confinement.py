@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from ingest_support import image_bytes, read_source, reader, reasons, write
 
-from pipeline.ingest import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.ingest.base import list_files
 
 SECRET = image_bytes("JPEG", (24, 16), color=77)  # the outside image: must never reach a row

@@ -17,7 +17,7 @@ from ingest_support import image_bytes, read_source, reader, write
 from PIL import Image, ImageFile
 
 import pipeline.ingest
-from pipeline.ingest import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.ingest.base import MAX_IMAGE_BYTES, ImageOptions
 from pipeline.ingest.checks import Rejected, check_image
 

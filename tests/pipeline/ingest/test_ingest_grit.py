@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from ingest_support import CORRUPTIONS, corrupt, image_bytes, read_source, reader, reasons, write
 
-from pipeline.ingest import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.templates import render
 
 CAPTION = "a dog on a red sofa"
