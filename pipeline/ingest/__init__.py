@@ -9,6 +9,8 @@ Formats: captions and conversations (`llava`, `coco_captions`, `webdataset`, `pa
 mapping of a config (failing fast with `ConfigError` naming the key) and returns its `Reader`;
 `make_readers` does that for a config's whole `sources` list and checks that names are unique.
 `options_table` lists every option of every format with its default and meaning.
+Compressed inputs, `.zip` archives and the files a format cannot read (`unsupported_file`) are
+handled for every format by `pipeline.ingest.containers`.
 """
 
 from __future__ import annotations

@@ -17,14 +17,25 @@ A `Reader` (config + format) is a small picklable object, so that a job can ship
   exactly the two schemas, size-bounded, with their `Counts` (records read, samples, rejects by
   reason), which add up across files and reconcile by construction: read = samples + rejects.
 
-Paths: `path` is a file, a folder (every file under it, recursively, whose name ends with one of the
-format's suffixes and none of whose path components starts with `.` or `_`) or a glob (`*`, `?`,
-`[...]` within one path component, `**` for any number of folders; as in a shell, wildcards do not
-match names starting with `.`). Relative paths resolve against `base_dir` (the job
-config's folder). A path may also be a URI that `pyarrow.fs` understands (`file://`, `s3://`, `gs://`,
-percent-encoded); every file access goes through `pyarrow.fs`. The source root is the folder of
-`path` (the folder itself, or for a glob the folder before its first wildcard); keys and stored
-paths are relative to it or to `images_root`, so rows never depend on where a corpus lives.
+Paths: `path` is a file, a folder (every file under it, recursively, none of whose path components
+starts with `.` or `_`) or a glob (`*`, `?`, `[...]` within one path component, `**` for any number
+of folders; as in a shell, wildcards do not match names starting with `.`). Relative paths resolve
+against `base_dir` (the job config's folder). A path may also be a URI that `pyarrow.fs` understands
+(`file://`, `s3://`, `gs://`, percent-encoded); every file access goes through `pyarrow.fs`. The
+source root is the folder of `path` (the folder itself, or for a glob the folder before its first
+wildcard); keys and stored paths are relative to it or to `images_root`, so rows never depend on where
+a corpus lives.
+
+No file is skipped in silence: every file a folder or glob lists is read when its name ends with one
+of the format's suffixes (`Format.reads`: for the suffixes the format reads as streams, also compressed
+as `.gz`, `.zst`, `.bz2` or `.xz`, `.tgz` for `.tar`, or inside a `.zip` archive, read member by
+member), and any other becomes one `unsupported_file` reject naming the file and the formats that read
+it (`pipeline.ingest.containers`). Ignored by rule, besides hidden files, among the files the format
+cannot read: image files (`IMAGE_SUFFIXES`) of a format that reads images from `images_root` (they are
+its images), and the sidecars that tools write next to their output, `X_stats.json` next to an input
+file `X.*` and `X.parquet` next to a shard `X.tar` (img2dataset). A `path` naming one file is read
+whatever its name, unless it is a `.zip` or compressed in a way the format cannot read (see
+`containers.file_rows`).
 
 Confinement: a file is read only inside its declared root. On a local file system (plain paths and
 `file://` URIs) a file that a folder or glob lists, a record names or a map points to is opened by its
@@ -99,6 +110,16 @@ MAX_IMAGE_BYTES = 1 << 30
 array) and through the object store, so one image must stay far below that."""
 MAX_RECORD_BYTES = 1 << 30
 """The largest `max_record_bytes` allowed (1 GiB): a record is held whole while it is parsed."""
+
+COMPRESSIONS: dict[str, str] = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2", ".xz": "xz"}
+"""File name suffix → the compression a streamed input file with that suffix is read through."""
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+"""Image file extensions: such files next to the records of a format that reads images from
+`images_root` are its images, not inputs that it fails to read."""
+
+SHARD_SUFFIXES = (".tar", ".tgz", *(".tar" + suffix for suffix in COMPRESSIONS))
+"""Tar shards, plain or compressed."""
 
 SOURCE_KEYS = ("name", "format", "path", "images_root")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -203,6 +224,36 @@ class Format:
     uses_images_root: bool
     read_file: Callable[[SourceConfig, str], Generator[Row, None, None]]
     select_files: Callable[[SourceConfig, list[str]], list[str]] | None = None
+    streamed: tuple[str, ...] = ()
+    """Those of `suffixes` whose files are read from start to end as a stream: such a file may also
+    be compressed (a suffix of `COMPRESSIONS` after it) or a member of a `.zip` archive."""
+
+    def reads(self, name: str) -> bool:
+        """Whether the format reads a file of this name: one of its suffixes, a streamed suffix
+        compressed, or a `.zip` archive when it has streamed suffixes (members are checked when read)."""
+        inner, compression = split_compression(name)
+        if compression is not None:
+            return inner.endswith(self.streamed)
+        if name.endswith(".zip"):
+            return bool(self.streamed)
+        return name.endswith(self.suffixes)
+
+    def listed_suffixes(self) -> tuple[str, ...]:
+        """Every file name ending that `reads` accepts."""
+        compressed = [suffix + ending for suffix in self.streamed for ending in COMPRESSIONS]
+        tgz = [".tgz"] if ".tar" in self.streamed else []
+        return (*self.suffixes, *compressed, *tgz, *([".zip"] if self.streamed else []))
+
+
+def split_compression(name: str) -> tuple[str, str | None]:
+    """(the name without its compression suffix, the compression) of a file name: `a.jsonl.gz` →
+    (`a.jsonl`, gzip), `a.tgz` → (`a.tar`, gzip); (name, None) for a name without one."""
+    if name.endswith(".tgz"):
+        return name[: -len(".tgz")] + ".tar", "gzip"
+    for suffix, compression in COMPRESSIONS.items():
+        if name.endswith(suffix):
+            return name[: -len(suffix)], compression
+    return name, None
 
 
 @dataclass
@@ -245,18 +296,29 @@ class Reader:
     format: Format
 
     def files(self) -> list[str]:
-        """The source's input files, relative to the source root, sorted."""
-        files = list_files(
-            self.config.path, self.format.suffixes, follow_symlinks=self.config.options.follow_symlinks
-        )
+        """The source's input files, relative to the source root, sorted: every file the path lists
+        (those the format cannot read included, for `read_file` to reject), less the tools' sidecars."""
+        files = list_files(self.config.path, None, follow_symlinks=self.config.options.follow_symlinks)
+        names = set(files)
+        outputs = self.format.listed_suffixes()
+        files = [
+            file
+            for file in files
+            if self.format.reads(file)
+            or not (_sidecar(file, names, outputs) or (self.format.uses_images_root and _image_file(file)))
+        ]
         if self.format.select_files is not None:
             files = self.format.select_files(self.config, files)
         return files
 
     def read_file(self, file: str) -> Iterator[Row]:
         """One sample or reject row per record of `file` (a name from `files()`), in file order,
-        stopping after `max_records_per_file` rows."""
-        rows = self.format.read_file(self.config, file)
+        stopping after `max_records_per_file` rows; a file the format cannot read is one
+        `unsupported_file` reject, a `.zip` archive is read member by member."""
+        # Imported here: `containers` builds rows with `checks`, which imports this module.
+        from pipeline.ingest import containers
+
+        rows = containers.file_rows(self.config, self.format, file)
         limit = self.config.options.max_records_per_file
         try:
             for count, row in enumerate(rows, start=1):
@@ -284,6 +346,23 @@ class Reader:
                 samples, rejects, counts, image_bytes = [], [], Counts(), 0
         if counts.read:
             yield Batch(sample_schema.to_table(samples), reject_schema.to_table(rejects), counts)
+
+
+def _image_file(file: str) -> bool:
+    """Whether `file` is named as an image file (by its extension, in any case)."""
+    return file.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _sidecar(file: str, files: Collection[str], outputs: tuple[str, ...]) -> bool:
+    """Whether `file` is a sidecar a tool writes next to its output (see the module docstring):
+    `X_stats.json` next to `X` with one of the `outputs` suffixes, or `X.parquet` next to a shard `X.tar`."""
+    if file.endswith("_stats.json"):
+        stem = file[: -len("_stats.json")]
+        return any(stem + suffix in files for suffix in outputs)
+    if file.endswith(".parquet"):
+        stem = file[: -len(".parquet")]
+        return any(stem + suffix in files for suffix in SHARD_SUFFIXES)
+    return False
 
 
 def is_reject(row: Row) -> bool:
@@ -343,7 +422,7 @@ def parse_source(
     options = _parse_options(reader_format.options, mapping, where)
     path = _resolve(mapping["path"], base_dir)
     root = _existing_root(
-        path, reader_format.suffixes, f"{where}.path", mapping["path"], options.follow_symlinks
+        path, reader_format.listed_suffixes(), f"{where}.path", mapping["path"], options.follow_symlinks
     )
     images_root = root
     if mapping.get("images_root") is not None:
@@ -357,7 +436,7 @@ def parse_source(
     if reader_format.select_files is not None:
         try:
             reader_format.select_files(
-                config, list_files(path, reader_format.suffixes, follow_symlinks=options.follow_symlinks)
+                config, list_files(path, None, follow_symlinks=options.follow_symlinks)
             )
         except ConfigError as error:
             raise ConfigError(f"{where}.{error}") from None
@@ -465,7 +544,8 @@ def open_input(location: str, relative: str, *, random_access: bool = False) -> 
         images.check_regular_file(path, relative)
     if random_access:
         return fs.open_input_file(path)
-    return fs.open_input_stream(path, buffer_size=1 << 20)
+    # compression=None: pyarrow would otherwise decompress by the suffix, which `containers` does.
+    return fs.open_input_stream(path, compression=None, buffer_size=1 << 20)
 
 
 def real_path_inside(folder: str, relative: str, root_name: str) -> str:
@@ -543,8 +623,9 @@ def _parent(location: str) -> str:
     return os.path.dirname(location)
 
 
-def list_files(path: str, suffixes: tuple[str, ...], *, follow_symlinks: bool = False) -> list[str]:
-    """The input files `path` names, relative to its root, sorted (see the module docstring). On a local
+def list_files(path: str, suffixes: tuple[str, ...] | None, *, follow_symlinks: bool = False) -> list[str]:
+    """The input files `path` names, relative to its root, sorted (see the module docstring); in a
+    folder only those whose names end with one of `suffixes` (None: every file). On a local
     file system FIFOs, devices and sockets are listed too (for the reader to reject), and symlinked
     folders are entered only with `follow_symlinks`."""
     root, pattern = _split_glob(path)
@@ -563,7 +644,7 @@ def list_files(path: str, suffixes: tuple[str, ...], *, follow_symlinks: bool = 
         relative = posixpath.relpath(entry.path, base)
         if (
             entry.type == pafs.FileType.File
-            and entry.base_name.endswith(suffixes)
+            and (suffixes is None or entry.base_name.endswith(suffixes))
             and not any(part.startswith((".", "_")) for part in relative.split("/"))
         ):
             found.append(relative)
@@ -571,7 +652,7 @@ def list_files(path: str, suffixes: tuple[str, ...], *, follow_symlinks: bool = 
 
 
 def _list_local(
-    base: str, parts: list[str] | None, suffixes: tuple[str, ...], follow_symlinks: bool
+    base: str, parts: list[str] | None, suffixes: tuple[str, ...] | None, follow_symlinks: bool
 ) -> list[str]:
     """`list_files` on the local file system: the files under the folder `base` that the pattern
     components `parts` match (None: the folder rule of the module docstring), or `base` itself when it
@@ -632,7 +713,7 @@ def _list_local(
 
 
 def _walk_rule(
-    parts: list[str] | None, position: int, name: str, suffixes: tuple[str, ...]
+    parts: list[str] | None, position: int, name: str, suffixes: tuple[str, ...] | None
 ) -> tuple[int | None, bool]:
     """For an entry `name` of a folder walked at pattern position `position`: (the position to walk it
     at if it is a folder, None not to enter it; whether it is listed if it is a file). `parts` None: the
@@ -640,7 +721,7 @@ def _walk_rule(
     if parts is None:
         if name.startswith((".", "_")):
             return None, False
-        return 0, name.endswith(suffixes)
+        return 0, suffixes is None or name.endswith(suffixes)
     part = parts[position]
     last = position == len(parts) - 1
     if name.startswith(".") and not part.startswith("."):

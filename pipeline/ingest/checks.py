@@ -36,6 +36,7 @@ import functools
 import io
 import json
 import math
+import os
 import posixpath
 import re
 import warnings
@@ -64,6 +65,7 @@ __all__ = [
     "CheckedImage",
     "FileUnreadable",
     "Rejected",
+    "check_download",
     "check_image",
     "check_text",
     "clip_box",
@@ -218,6 +220,14 @@ def _plain(value: object) -> object:
     return str(value)
 
 
+def check_download(status: object, error_message: object) -> None:
+    """`failed_download` when a downloader's record says it holds no download: an img2dataset `status`
+    starting with "failed" (`failed_to_download`, `failed_to_resize`), with its `error_message`."""
+    if isinstance(status, str) and status.startswith("failed"):
+        message = valid_text(error_message) if isinstance(error_message, str) else "no error message"
+        raise Rejected("read", "failed_download", f"status {valid_text(status)}: {message}")
+
+
 def check_text(value: object, what: str) -> str:
     """`value` as usable text: present (`missing_field`), a string (`bad_field`), valid UTF-8 without
     NUL characters (`bad_text`), not blank (`empty_text`). Undecodable input bytes arrive here as lone
@@ -255,9 +265,11 @@ def _type_name(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def image_path(value: object, what: str) -> str:
-    """A record's image path, normalized and checked to stay inside `images_root` (`bad_field` for an
-    absolute path, a path leaving the folder, or one that is not valid text)."""
+def image_path(value: object, what: str, *, absolute: bool = False) -> str:
+    """A record's image path, normalized and checked to stay inside `images_root` (`bad_field` for a
+    path leaving the folder, one that is not valid text, or an absolute path). With `absolute`, an
+    absolute path is returned (normalized) for `load_image` to accept only when its real path lies
+    inside `images_root`."""
     if value is None:
         raise Rejected("read", "missing_field", f"{what} is missing")
     if not isinstance(value, str) or not value:
@@ -267,6 +279,8 @@ def image_path(value: object, what: str) -> str:
     except UnicodeEncodeError:
         raise Rejected("read", "bad_field", f"{what} is not valid UTF-8: {valid_text(value)!r}") from None
     normalized = posixpath.normpath(value)
+    if absolute and normalized.startswith("/") and "\0" not in value:
+        return "/" + normalized.lstrip("/")  # normpath keeps a leading "//"
     if "\0" in value or normalized.startswith(("/", "../")) or normalized in ("..", "."):
         raise Rejected(
             "read",
@@ -286,14 +300,22 @@ class CheckedImage:
 
 def load_image(config: SourceConfig, path: str) -> CheckedImage:
     """Read and check the image file `path` (from `image_path`) under `images_root`: confined to it
-    and bounded (see the module docstring)."""
+    and bounded (see the module docstring). An absolute `path` (on a local file system only) is read
+    when its real path lies inside the real `images_root` (`outside_root` otherwise); the row records
+    it relative to `images_root`."""
     options = config.options
     assert isinstance(options, ImageOptions)
     fs, base = filesystem(config.images_root)
     limit = options.max_image_bytes
+    if path.startswith("/") and not isinstance(fs, pafs.LocalFileSystem):
+        detail = f"{path} is absolute: images on an object store are named relative to images_root"
+        raise Rejected("read", "bad_field", detail)
     try:
         if isinstance(fs, pafs.LocalFileSystem):
-            data = images.read_file(real_path_inside(base, path, "images_root"), limit, name=path)
+            real = real_path_inside(base, path, "images_root")
+            if path.startswith("/"):
+                path = _relative_to_root(path, real, base)
+            data = images.read_file(real, limit, name=path)
         else:  # an object store: no symlinks, no special files
             with fs.open_input_file(posixpath.join(base, path)) as file:
                 size = file.size()
@@ -313,6 +335,15 @@ def load_image(config: SourceConfig, path: str) -> CheckedImage:
     except (OSError, pa.ArrowException) as error:
         raise Rejected("image", "missing_image", f"{path} cannot be read as a file: {error}") from None
     return check_image(data, path, options)
+
+
+def _relative_to_root(path: str, real: str, root: str) -> str:
+    """The name under the folder `root` of the absolute `path` whose real path `real` lies inside it:
+    `path` relative to `root` when it is lexically under it, else `real` relative to the real `root`."""
+    lexical = posixpath.relpath(path, posixpath.normpath(root))
+    if not lexical.startswith("../") and lexical != "..":
+        return lexical
+    return posixpath.relpath(real, os.path.realpath(root))
 
 
 def check_image(data: bytes, path: str | None, options: ImageOptions) -> CheckedImage:

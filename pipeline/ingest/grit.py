@@ -163,7 +163,7 @@ def _image(config: SourceConfig, record: dict, options: GritOptions) -> CheckedI
         except Rejected:
             stored = None  # an absolute cache path or the like: not worth keeping
         return check_image(value["bytes"], stored, options)
-    return load_image(config, image_path(value, name))
+    return load_image(config, image_path(value, name, absolute=True))
 
 
 FORMAT = Format(
@@ -172,4 +172,5 @@ FORMAT = Format(
     suffixes=(".parquet", ".jsonl", ".json"),
     uses_images_root=True,
     read_file=read_file,
+    streamed=(".jsonl", ".json"),
 )

@@ -1,13 +1,15 @@
 """Reader for MMC4 documents (`format: mmc4`): one `interleaved` sample per document.
 
-A document is a JSON Lines record (or an element of a JSON array): `text_list` (the sentences, in
+A document is a JSON Lines record (or an element of a JSON array; the file compressed, or a member of a
+`.zip` as MMC4 shards are distributed, `docs_shard_0_v3.jsonl.zip`): `text_list` (the sentences, in
 order) and `image_info` [{`image_name`, `raw_url`, `matched_text_index`, `matched_sim`}], where
-`image_name` is the downloaded file, relative to `images_root`, and `matched_text_index` the sentence
-the image was assigned to. Each image goes right before its matched sentence; images matched to the
-same sentence keep their `image_info` order. Images whose `matched_sim` is below `min_sim` (when set)
-are left out and counted in meta `below_min_sim`. The record's other fields (`url`, ...) go to meta,
-except the bulky `similarity_matrix`; the kept images' `raw_url` and `matched_sim` go to meta as
-`image_urls` and `matched_sim`.
+`image_name` is the downloaded file, relative to `images_root` (or absolute, and then read only when its
+real path lies inside it), and `matched_text_index` the sentence the image was assigned to. Each image
+goes right before its matched sentence; images matched to the same sentence keep their `image_info`
+order. Images whose `matched_sim` is below `min_sim` (when set) are left out and counted in meta
+`below_min_sim`. The record's other fields (`url`, ...) go to meta, except the bulky
+`similarity_matrix`; the kept images' `raw_url` and `matched_sim` go to meta as `image_urls` and
+`matched_sim`.
 
 Missing or unusable image files follow `missing_images` exactly as in `format: obelics` (skip:
 left out, listed in meta `skipped_images` with their position in `image_info`; a document left
@@ -94,7 +96,7 @@ def _sample(config: SourceConfig, key: str, record: object) -> Row:
             raise Rejected(
                 "read", "bad_field", f"{what}.matched_text_index {sentence!r:.40} names no sentence"
             )
-        path = image_path(info.get("image_name"), f"{what}.image_name")
+        path = image_path(info.get("image_name"), f"{what}.image_name", absolute=True)
         similarity = info.get("matched_sim")
         if options.min_sim is not None:
             if isinstance(similarity, bool) or not isinstance(similarity, int | float):
@@ -129,4 +131,5 @@ FORMAT = Format(
     suffixes=(".jsonl", ".json"),
     uses_images_root=True,
     read_file=read_file,
+    streamed=(".jsonl", ".json"),
 )

@@ -287,5 +287,6 @@ FORMAT = Format(
     suffixes=(".parquet", ".jsonl", ".json"),
     uses_images_root=True,
     read_file=read_file,
+    streamed=(".jsonl", ".json"),
     select_files=_select_files,
 )

@@ -2,10 +2,16 @@
 
 The image column (`image_column`) is binary (the encoded file), the Hugging Face image struct
 `{bytes, path}` (bytes used when present, else the file `path` under `images_root`), or a string
-(a path under `images_root`). The text column (`text_column`) is a string, or binary holding UTF-8.
+(a path under `images_root`). A path may be absolute, as Hugging Face `datasets` writes it for images
+it did not embed: it is read when its real path lies inside `images_root` (`outside_root` otherwise;
+`images_root` defaults to the folder of `path`). The text column (`text_column`) is a string, or
+binary holding UTF-8.
 Those of the `meta_columns` that a file has are copied into meta. Files are read page by page in record
 batches of `streams.PARQUET_BATCH_ROWS` rows, so memory stays bounded whatever the file size.
 
+- img2dataset's Parquet output (`image_column: jpg`, `text_column: caption`): a row whose `status`
+  starts with "failed" (`failed_to_download`, `failed_to_resize`) is a `failed_download` reject with
+  its `error_message`.
 - Key: `<file relative to the source root>#<row index>` (0-based within the file).
 - Image path in the row: the path the image was read from, or for embedded bytes the struct's
   `path` when it is a relative path (Hugging Face keeps the original file name there), else null.
@@ -31,6 +37,7 @@ from pipeline.ingest.checks import (
     CheckedImage,
     FileUnreadable,
     Rejected,
+    check_download,
     check_image,
     check_text,
     file_reject_row,
@@ -43,7 +50,10 @@ from pipeline.ingest.checks import (
 )
 from pipeline.ingest.streams import LostRows, column_values, is_bytes_type, is_text_type, parquet_batches
 
-__all__ = ["FORMAT", "ParquetOptions", "read_file"]
+__all__ = ["DOWNLOAD_COLUMNS", "FORMAT", "ParquetOptions", "read_file"]
+
+DOWNLOAD_COLUMNS = ("status", "error_message")
+"""img2dataset's columns saying whether a row's image was downloaded, read when a file has them."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +72,8 @@ def read_file(config: SourceConfig, file: str) -> Generator[Row, None, None]:
     columns = [options.image_column, options.text_column]
     usable = partial(_check_types, options=options)
     try:
-        for start, batch in parquet_batches(config.root, file, columns, options.meta_columns, usable):
+        optional = (*options.meta_columns, *DOWNLOAD_COLUMNS)
+        for start, batch in parquet_batches(config.root, file, columns, optional, usable):
             if isinstance(batch, LostRows):
                 for index, rejected in batch.records(start):
                     yield reject_row(config, f"{file}#{index}", rejected)
@@ -114,6 +125,7 @@ def _sample(config: SourceConfig, key: str, row: dict) -> Row:
     for value in row.values():
         if isinstance(value, Rejected):
             raise value
+    check_download(row.get("status"), row.get("error_message"))
     caption = check_text(row[options.text_column], f"column {options.text_column!r}")
     image = _image(config, row[options.image_column], options)
     meta = {name: row[name] for name in options.meta_columns if name in row}
@@ -127,7 +139,7 @@ def _image(config: SourceConfig, value: object, options: ParquetOptions) -> Chec
     if isinstance(value, bytes):
         return check_image(value, None, options)
     if isinstance(value, str):
-        return load_image(config, image_path(value, what))
+        return load_image(config, image_path(value, what, absolute=True))
     data, path = value.get("bytes"), value.get("path")
     if data is not None:
         stored = None
@@ -139,7 +151,7 @@ def _image(config: SourceConfig, value: object, options: ParquetOptions) -> Chec
         return check_image(data, stored, options)
     if path is None:
         raise Rejected("read", "missing_field", f"{what} has neither bytes nor path")
-    return load_image(config, image_path(path, f"{what}.path"))
+    return load_image(config, image_path(path, f"{what}.path", absolute=True))
 
 
 FORMAT = Format(

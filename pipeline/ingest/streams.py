@@ -24,8 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.ingest.base import Options, open_input
+from pipeline.ingest.base import Options, open_input, split_compression
 from pipeline.ingest.checks import FileUnreadable, Rejected
+from pipeline.ingest.containers import STREAM_ERRORS, open_stream, split_member
 
 __all__ = [
     "MAX_ROWS_PER_BYTE",
@@ -41,6 +42,7 @@ __all__ = [
     "parse_json",
     "read_whole",
     "table_records",
+    "text_records",
 ]
 
 PARQUET_BATCH_ROWS = 64
@@ -71,11 +73,12 @@ _BRACKET_STEP[[ord("]"), ord("}")]] = -1
 
 
 def read_whole(location: str, file: str) -> bytes:
-    """All the bytes of `file`."""
+    """All the bytes of `file`, decompressed when its name ends with a compression suffix (a source
+    `path` may name one compressed document, `captions.json.gz`)."""
     try:
-        with open_input(location, file) as stream:
+        with open_stream(location, file) as stream:
             return stream.read()
-    except (OSError, pa.ArrowException) as error:
+    except STREAM_ERRORS as error:
         raise FileUnreadable(f"cannot read: {error}") from None
 
 
@@ -105,7 +108,9 @@ def json_records(
 ) -> Iterator[tuple[int, object]]:
     """(record index, record) for every record of a JSON file. A file whose name ends in `.jsonl` is JSON
     Lines whatever its first line holds; any other file is a JSON array of records when its first
-    character that is not blank is `[`, else JSON Lines too. Blank lines are not records.
+    character that is not blank is `[`, else JSON Lines too. Blank lines are not records. A compressed
+    file or a `.zip` member is read through `containers.open_stream`, by the name under its
+    compression suffix (`a.jsonl.gz` is JSON Lines).
 
     Text is decoded as UTF-8 with `surrogateescape`: undecodable bytes inside a string survive as lone
     surrogates, for `checks.check_text` to reject as `bad_text`. In place of a record, a `Rejected` comes:
@@ -115,14 +120,11 @@ def json_records(
     Reading goes on after either. A JSON array that breaks cannot be resynchronized, so it raises
     `FileUnreadable` for the rest.
     """
-    try:
-        stream = open_input(location, file)
-    except (OSError, pa.ArrowException) as error:
-        raise FileUnreadable(f"cannot open: {error}") from None
+    name = split_compression(split_member(file)[1] or file)[0]
     index = 0
     try:
-        with stream, io.BufferedReader(stream, buffer_size=_CHUNK_BYTES) as binary:
-            if not file.endswith(".jsonl"):
+        with open_stream(location, file) as stream, io.BufferedReader(stream, _CHUNK_BYTES) as binary:
+            if not name.endswith(".jsonl"):
                 start = binary.peek(4096).decode("utf-8", "surrogateescape").lstrip(_BOM + " \t\r\n")
                 if start.startswith("["):
                     text = io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape")
@@ -133,33 +135,68 @@ def json_records(
             for record in _json_lines(binary, max_record_bytes):
                 yield index, record
                 index += 1
-    except (OSError, pa.ArrowException) as error:
+    except STREAM_ERRORS as error:
         raise FileUnreadable(f"records from {index} on cannot be read: {error}") from None
 
 
 def _json_lines(binary: io.BufferedReader, max_record_bytes: int) -> Iterator[object]:
     """The records of JSON Lines (blank lines skipped), each line read only when it is short enough."""
+    for line_number, line in _lines(binary, max_record_bytes):
+        if isinstance(line, Rejected):
+            yield line
+            continue
+        try:
+            yield json.loads(line)
+        except (ValueError, RecursionError) as error:
+            yield Rejected("read", "malformed_record", f"line {line_number} is not JSON: {error}")
+
+
+def _lines(binary: io.BufferedReader, max_record_bytes: int) -> Iterator[tuple[int, str | Rejected]]:
+    """(line number, the line decoded without its line ending) for each line that is not blank, each read
+    only when it is short enough (else a `record_too_large` `Rejected`, the line skipped unread)."""
     line_number = 0
     while line := binary.readline(max_record_bytes + 1):
         line_number += 1
         if len(line) > max_record_bytes and not line.endswith(b"\n"):
             size = len(line) + _skip_line(binary)
-            yield Rejected(
-                "read",
-                "record_too_large",
-                f"line {line_number} has {size} bytes, over max_record_bytes {max_record_bytes}; "
-                "skipped unread",
-            )
+            detail = f"line {line_number} has {size} bytes, over max_record_bytes {max_record_bytes}"
+            detail += "; skipped unread"
+            yield line_number, Rejected("read", "record_too_large", detail)
             continue
         decoded = line.decode("utf-8", "surrogateescape")
         if line_number == 1:
             decoded = decoded.removeprefix(_BOM)
-        if not decoded.strip():
-            continue
-        try:
-            yield json.loads(decoded)
-        except (ValueError, RecursionError) as error:
-            yield Rejected("read", "malformed_record", f"line {line_number} is not JSON: {error}")
+        if decoded.strip():
+            yield line_number, decoded.removesuffix("\n").removesuffix("\r")
+
+
+def text_records(
+    location: str, file: str, max_record_bytes: int = Options.max_record_bytes, *, whole: bool = False
+) -> Iterator[tuple[int, str | Rejected]]:
+    """(record index, text) for the records of a plain UTF-8 text file (compressed or a `.zip` member
+    too, through `containers.open_stream`): each line that is not blank, without its line ending (blank
+    lines are not records), or with `whole` the file's whole text as one record. Text is decoded with
+    `surrogateescape`, as JSON is; a leading byte-order mark is dropped. A line or a whole file of more
+    than `max_record_bytes` bytes comes as a `record_too_large` `Rejected`, never held whole."""
+    index = 0
+    try:
+        with open_stream(location, file) as stream, io.BufferedReader(stream, _CHUNK_BYTES) as binary:
+            if whole:
+                data = binary.read(max_record_bytes + 1)
+                if len(data) > max_record_bytes:
+                    size = len(data)
+                    while piece := binary.read(_CHUNK_BYTES):
+                        size += len(piece)
+                    detail = f"the file has {size} bytes, over max_record_bytes {max_record_bytes}; not kept"
+                    yield 0, Rejected("read", "record_too_large", detail)
+                else:
+                    yield 0, data.decode("utf-8", "surrogateescape").removeprefix(_BOM)
+                return
+            for _, line in _lines(binary, max_record_bytes):
+                yield index, line
+                index += 1
+    except STREAM_ERRORS as error:
+        raise FileUnreadable(f"records from {index} on cannot be read: {error}") from None
 
 
 def _skip_line(binary: io.BufferedReader) -> int:

@@ -1,13 +1,18 @@
-"""Reader for text-only corpora (`format: text`): JSON Lines (or a JSON array) or Parquet, kind `text`.
+"""Reader for text-only corpora (`format: text`): JSON Lines (or a JSON array), plain text or Parquet,
+kind `text`.
 
 Each record (a JSON object, or a Parquet row) holds its document in `text_field`, a string (in
 Parquet also binary holding UTF-8); the sample is one text segment with the text exactly as stored.
-Files ending in `.parquet` are read as Parquet in record batches, anything else as JSON records
-(`streams.json_records`: a `.jsonl` file is always JSON Lines; a line or array element over
-`max_record_bytes` is rejected as `record_too_large` unread). `meta_fields` (JSON fields or Parquet
-columns) are copied into meta when present. A record that is not a JSON object is `malformed_record`;
-a Parquet file without the text column (`missing_field`) or with one that is neither string nor binary
-(`bad_field`) rejects each of its rows on its own.
+Files ending in `.parquet` are read as Parquet in record batches; files ending in `.txt` as plain UTF-8
+text (`text_format`: `lines`, one document per line that is not blank, without its line ending;
+`document`, the whole file one document);
+anything else as JSON records (`streams.json_records`: a `.jsonl` file is always JSON Lines, and so
+is a `.json` file that does not start with `[`, as Dolma and C4 name theirs). JSON and text files may
+be compressed (`.jsonl.gz`, `.json.zst`, `.txt.xz`, ...) or in a `.zip`, read as streams. A line, an
+array element or a `document` file over `max_record_bytes` is rejected as `record_too_large` unread.
+`meta_fields` (JSON fields or Parquet columns) are copied into meta when present. A record that is not
+a JSON object is `malformed_record`; a Parquet file without the text column (`missing_field`) or with
+one that is neither string nor binary (`bad_field`) rejects each of its rows on its own.
 
 Key: `<file relative to the source root>#<record index>` (0-based; blank lines are not records).
 """
@@ -20,7 +25,7 @@ from functools import partial
 
 import pyarrow as pa
 
-from pipeline.ingest.base import Format, Options, Row, SourceConfig, option
+from pipeline.ingest.base import Format, Options, Row, SourceConfig, option, split_compression
 from pipeline.ingest.checks import (
     Rejected,
     check_text,
@@ -28,6 +33,7 @@ from pipeline.ingest.checks import (
     sample_row,
     text_segment,
 )
+from pipeline.ingest.containers import split_member
 from pipeline.ingest.streams import (
     LostRows,
     column_values,
@@ -35,6 +41,7 @@ from pipeline.ingest.streams import (
     is_text_type,
     json_records,
     parquet_batches,
+    text_records,
 )
 
 __all__ = ["FORMAT", "TextOptions", "read_file"]
@@ -48,12 +55,29 @@ class TextOptions(Options):
     meta_fields: tuple[str, ...] = option(
         (), "JSON fields or Parquet columns copied into each sample's meta (those present)"
     )
+    text_format: str = option(
+        "lines",
+        "how a .txt file holds its documents: lines (one per line that is not blank) or document (the "
+        "whole file is one)",
+        choices=("lines", "document"),
+    )
 
 
 def read_file(config: SourceConfig, file: str) -> Generator[Row, None, None]:
     """One sample or reject row per record of `file`, in file order."""
+    options = config.options
+    assert isinstance(options, TextOptions)
+    name = split_compression(split_member(file)[1] or file)[0]
     if file.endswith(".parquet"):
         records = _parquet_records(config, file)
+    elif name.endswith(".txt"):
+        lines = text_records(
+            config.root, file, options.max_record_bytes, whole=options.text_format == "document"
+        )
+        records = (
+            (index, text if isinstance(text, Rejected) else {options.text_field: text})
+            for index, text in lines
+        )
     else:
         records = json_records(config.root, file, config.options.max_record_bytes)
     yield from record_rows(config, file, records, partial(_sample, config))
@@ -96,7 +120,8 @@ def _sample(config: SourceConfig, key: str, record: object) -> Row:
 FORMAT = Format(
     name="text",
     options=TextOptions,
-    suffixes=(".jsonl", ".parquet"),
+    suffixes=(".jsonl", ".json", ".txt", ".parquet"),
     uses_images_root=False,
     read_file=read_file,
+    streamed=(".jsonl", ".json", ".txt"),
 )

@@ -102,7 +102,7 @@ def test_globs_folders_and_file_uris(tmp_path: Path):
     for name in ("x/1.jsonl", "x/y/2.jsonl", "x/y/z/3.jsonl", "x/y/_skip.jsonl", "x/.h/4.jsonl", "x/5.txt"):
         write(tmp_path / name, LLAVA_LINE + "\n")
     files = {
-        "x": ["1.jsonl", "y/2.jsonl", "y/z/3.jsonl"],
+        "x": ["1.jsonl", "5.txt", "y/2.jsonl", "y/z/3.jsonl"],  # 5.txt: listed, to be rejected
         "x/*.jsonl": ["1.jsonl"],
         "x/*/*.jsonl": ["y/2.jsonl", "y/_skip.jsonl"],
         "x/**/*.jsonl": ["1.jsonl", "y/2.jsonl", "y/_skip.jsonl", "y/z/3.jsonl"],
@@ -117,6 +117,11 @@ def test_globs_folders_and_file_uris(tmp_path: Path):
     assert source.config.root == f"file://{tmp_path}/x/y"
     samples, _, _ = read_source(source)
     assert [s["key"] for s in samples] == ["2.jsonl#0", "z/3.jsonl#0"]
+    samples, rejects, _ = read_source(reader(tmp_path, format="llava", path="x"))
+    assert [s["key"] for s in samples] == ["1.jsonl#0", "y/2.jsonl#0", "y/z/3.jsonl#0"]
+    assert [(r["key"], r["reason"], r["sample_id"]) for r in rejects] == [("5.txt", "unsupported_file", None)]
+    assert "format llava reads files ending in .json, .jsonl" in rejects[0]["detail"]
+    assert "format text reads this file" in rejects[0]["detail"]
 
 
 def test_options_table_documents_every_option():

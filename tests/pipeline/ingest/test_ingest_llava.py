@@ -132,7 +132,10 @@ def test_max_image_pixels(tmp_path: Path, images: Path):
 
 BAD_RECORDS = {
     "missing image file": ({"image": "cats/none.jpg", "conversations": [CAT, ANSWER]}, "missing_image"),
-    "absolute image path": ({"image": "/etc/passwd", "conversations": [CAT, ANSWER]}, "bad_field"),
+    "absolute image path outside images_root": (
+        {"image": "/etc/passwd", "conversations": [CAT, ANSWER]},
+        "outside_root",
+    ),
     "image path leaving the root": ({"image": "../x.jpg", "conversations": [CAT, ANSWER]}, "bad_field"),
     "image not a path": ({"image": 3, "conversations": [CAT, ANSWER]}, "bad_field"),
     "no conversations": ({"image": "cats/a.jpg"}, "missing_field"),
@@ -197,9 +200,10 @@ def test_folder_of_files_and_record_limit(tmp_path: Path, images: Path):
     write(tmp_path / "corpus" / "notes.txt", "not a data file")
     write(tmp_path / "corpus" / ".hidden.jsonl", "ignored")
     source = reader(tmp_path, format="llava", path="corpus", max_records_per_file=2)
-    assert source.files() == ["a.json", "b/part.jsonl"]
-    samples, _, _ = read_source(source)
+    assert source.files() == ["a.json", "b/part.jsonl", "notes.txt"]
+    samples, rejects, _ = read_source(source)
     assert [s["key"] for s in samples] == ["a.json#0", "a.json#1", "b/part.jsonl#0", "b/part.jsonl#1"]
+    assert [(r["key"], r["reason"]) for r in rejects] == [("notes.txt", "unsupported_file")]
 
 
 def test_same_corpus_elsewhere_gives_the_same_rows(tmp_path: Path):

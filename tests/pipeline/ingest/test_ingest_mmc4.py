@@ -77,7 +77,7 @@ def test_bad_documents(tmp_path: Path):
         "bad_field",
         "bad_field",
         "missing_field",
-        "bad_field",
+        "outside_root",  # an absolute path is read only inside images_root
         "missing_field",
         "empty_text",
         "bad_field",
