@@ -27,7 +27,18 @@ the speed against 1 worker and against the dict baseline (> 1: faster); then the
 busy loop on the same pools, timed in the same rounds: on a shared machine it shows how much of the
 second core was free, the ceiling for the 2-worker ratio.
 
-Run: `.venv/bin/python bench/dedup.py [--samples N] [--repeat N]`.
+Near duplicates (`--near`, run after the table above, or alone with `--only near`), the measures of
+`image_near` on real-looking photos: the five photos of tests/golden/images and `--synthetic` generated
+ones (smooth random fields with shapes, fixed seed). Distinct photos are non-overlapping square crops of
+them (a third of the short side) and the synthetic images; each gets planted variants of every kind
+(JPEG quality 20 and 10; resized 0.5x, 0.7x, 0.9x; brightness +10% and -10%; crops of 2% and 5% per side).
+Printed: the distance distribution and recall per variant kind at `DEFAULT_NEAR_DISTANCE` (and at 6 and 14
+for comparison), the false-positive rate on distinct photos (pairs within D, and images with any other
+distinct image within D), the cost of the hash on top of a decode (full decode + `phash`, against the decode
+alone, on 512-2048 px JPEGs), and the job's Ray stage (`run_dedup`) on the same `--near-samples` samples of
+small JPEG photos keyed by `image` (exact) and by `image_near`, with the key-building cost of each.
+
+Run: `.venv/bin/python bench/dedup.py [--samples N] [--repeat N] [--only exact|near|both]`.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import hashlib  # noqa: E402
+import io  # noqa: E402
 import itertools  # noqa: E402
 import multiprocessing  # noqa: E402
 import sys  # noqa: E402
@@ -47,13 +59,14 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from jobs import dedup as stage  # noqa: E402
 from jobs.ray_runtime import start_ray, stop_ray, task_cpus  # noqa: E402
-from pipeline import dedup, shards  # noqa: E402
+from pipeline import dedup, phash, shards  # noqa: E402
 from schemas import sample as sample_schema  # noqa: E402
 
 OPTIONS = dedup.DedupOptions(by=("image", "text"))
@@ -195,6 +208,188 @@ def ray_stage(cpus: int, repeat: int, folder: str) -> tuple[float, set[tuple[int
     return best, dropped
 
 
+# ------------------------------------------------------------------------------------------------
+# near duplicates
+
+PHOTOS = ROOT / "tests" / "golden" / "images"
+
+
+def _encode(picture: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _decoded(data: bytes) -> Image.Image:
+    picture = Image.open(io.BytesIO(data))
+    picture.load()
+    return picture
+
+
+def _crop(share: float):
+    def crop(picture: Image.Image) -> Image.Image:
+        dx, dy = int(picture.width * share), int(picture.height * share)
+        return picture.crop((dx, dy, picture.width - dx, picture.height - dy))
+
+    return crop
+
+
+VARIANTS = {
+    "jpeg q20": lambda p: _decoded(_encode(p, "JPEG", quality=20)),
+    "jpeg q10": lambda p: _decoded(_encode(p, "JPEG", quality=10)),
+    "resize 0.5x": lambda p: p.resize((p.width // 2, p.height // 2), Image.Resampling.BILINEAR),
+    "resize 0.7x": lambda p: p.resize((p.width * 7 // 10, p.height * 7 // 10), Image.Resampling.BICUBIC),
+    "resize 0.9x": lambda p: p.resize((p.width * 9 // 10, p.height * 9 // 10), Image.Resampling.LANCZOS),
+    "brightness +10%": lambda p: ImageEnhance.Brightness(p).enhance(1.1),
+    "brightness -10%": lambda p: ImageEnhance.Brightness(p).enhance(0.9),
+    "crop 2%": _crop(0.02),
+    "crop 5%": _crop(0.05),
+}
+
+
+def synthetic_photo(rng: np.random.Generator, side: int = 256) -> Image.Image:
+    """A smooth random colour field (blurred noise) with a few random shapes: photo-like low frequencies."""
+    field = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    picture = Image.fromarray(field).resize((side, side), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(picture)
+    for _ in range(int(rng.integers(2, 7))):
+        x, y = rng.integers(0, side, 2)
+        w, h = rng.integers(side // 10, side // 2, 2)
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x, y, x + w, y + h), fill=colour)
+    return picture.filter(ImageFilter.GaussianBlur(1))
+
+
+def distinct_photos(synthetic: int) -> list[Image.Image]:
+    """Non-overlapping crops of the bundled photos and `synthetic` generated ones."""
+    found = []
+    for path in sorted(PHOTOS.glob("*.png")):
+        if "grace_hopper" in path.name or "chelsea" in path.name or "skimage" in path.name:
+            picture = Image.open(path).convert("RGB")
+            side = min(picture.size) // 3
+            for x in range(0, picture.width - side + 1, side):
+                for y in range(0, picture.height - side + 1, side):
+                    found.append(picture.crop((x, y, x + side, y + side)))
+    rng = np.random.default_rng(0)
+    return found + [synthetic_photo(rng) for _ in range(synthetic)]
+
+
+def near_quality(synthetic: int) -> None:
+    photos = distinct_photos(synthetic)
+    hashes = np.array([phash.phash(p) for p in photos], np.uint64)
+    print(f"\n### Near duplicates: {len(photos)} distinct photos, each with one variant of every kind\n")
+    limits = (6, dedup.DEFAULT_NEAR_DISTANCE, 14)
+    print(
+        "| variant | median distance | 90th pct | max | "
+        + " | ".join(f"recall at {d}" for d in limits)
+        + " |"
+    )
+    print("|---|---:|---:|---:|" + "---:|" * len(limits))
+    for name, make in VARIANTS.items():
+        distances = phash.hamming_many(hashes, np.array([phash.phash(make(p)) for p in photos], np.uint64))
+        recalls = " | ".join(f"{np.mean(distances <= d):.1%}" for d in limits)
+        print(
+            f"| {name} | {np.median(distances):.0f} | {np.percentile(distances, 90):.0f} | {distances.max()} "
+            f"| {recalls} |"
+        )
+    pairwise = phash.hamming_many(hashes[:, None], hashes[None, :])
+    upper = pairwise[np.triu_indices(len(photos), 1)]
+    np.fill_diagonal(pairwise, 64)
+    nearest = pairwise.min(axis=1)
+    print("\n| distinct photos | " + " | ".join(f"at {d}" for d in limits) + " |")
+    print("|---|" + "---:|" * len(limits))
+    print(
+        "| pairs within D | "
+        + " | ".join(f"{np.mean(upper <= d):.3%} ({np.sum(upper <= d)})" for d in limits)
+        + " |"
+    )
+    print(
+        "| photos with another within D | "
+        + " | ".join(f"{np.mean(nearest <= d):.1%} ({np.sum(nearest <= d)})" for d in limits)
+        + " |"
+    )
+    print(f"\nsmallest distance between distinct photos: {upper.min()}; median {np.median(upper):.0f}")
+
+
+def hash_cost(repeat: int) -> None:
+    print("\n### Hash cost on top of the decode (one core, best of rounds)\n")
+    print("| image | decode ms | decode + phash ms | phash share |")
+    print("|---|---:|---:|---:|")
+    astronaut = Image.open(PHOTOS / "skimage_astronaut.png").convert("RGB")
+    for side in (512, 1024, 2048):
+        data = _encode(astronaut.resize((side, side), Image.Resampling.BICUBIC), "JPEG", quality=90)
+        decode = hashed = float("inf")
+        for _ in range(repeat * 3):
+            started = time.perf_counter()
+            _decoded(data)
+            decode = min(decode, time.perf_counter() - started)
+            started = time.perf_counter()
+            phash.phash(_decoded(data))
+            hashed = min(hashed, time.perf_counter() - started)
+        print(
+            f"| JPEG {side}×{side} | {decode * 1e3:.2f} | {hashed * 1e3:.2f} "
+            f"| {(hashed - decode) / decode:+.0%} |"
+        )
+
+
+def near_stage(samples: int, partitions: int, repeat: int) -> None:
+    """The Ray stage on `samples` caption samples of 96 px JPEG photos, 20% planted variants, by image
+    (exact) and by image_near."""
+    rng = np.random.default_rng(1)
+    base = [synthetic_photo(rng, 96) for _ in range(200)]
+    images = []
+    for number in range(samples):
+        picture = base[number % len(base)] if number < len(base) else synthetic_photo(rng, 96)
+        if number >= len(base) and rng.random() < 0.2:
+            picture = ImageEnhance.Brightness(base[int(rng.integers(0, len(base)))]).enhance(1.05)
+        images.append(_encode(picture, "JPEG", quality=80))
+    captions = [f"caption {number}" for number in range(samples)]
+    bounds = np.linspace(0, samples, partitions + 1).astype(int)
+    tables = [
+        _sample_table("src0", captions[a:b], images[a:b], a) for a, b in itertools.pairwise(bounds.tolist())
+    ]
+    import tempfile
+
+    import ray
+
+    rows = []
+    for by in (("image",), ("image_near",)):
+        options = dedup.DedupOptions(by=by)
+        with tempfile.TemporaryDirectory() as folder:
+            out = shards.OutputDir(folder)
+            started = time.perf_counter()
+            keyed, total = [], 0
+            for order, table in enumerate(tables):
+                keys = dedup.sample_keys(table, options, order)
+                path = f"{shards.STAGING}/keys/{order}.parquet"
+                out.write_table(path, keys, "none")
+                keyed.append((order, str(order), path))
+                total += keys.num_rows
+            keys_s = time.perf_counter() - started
+            ray.data.DataContext.get_current().enable_progress_bars = False
+            start_ray(num_cpus=2)
+            try:
+                best = float("inf")
+                for _ in range(repeat):
+                    started = time.perf_counter()
+                    dropped = stage.run_dedup(folder, keyed, total, cpus=2, task_cpus=task_cpus())
+                    best = min(best, time.perf_counter() - started)
+            finally:
+                stop_ray()
+        rows.append((by[0], keys_s, best, dropped))
+    print(
+        f"\n### The dedup stage on Ray (2 CPUs): {samples} samples of 96 px JPEGs, {partitions} partitions\n"
+    )
+    print("| by | keys s | keys samples/s | stage s | stage samples/s | stage vs exact | dropped |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    exact_s = rows[0][2]
+    for by, keys_s, stage_s, dropped in rows:
+        print(
+            f"| {by} | {keys_s:.2f} | {samples / keys_s:,.0f} | {stage_s:.2f} | {samples / stage_s:,.0f} "
+            f"| {exact_s / stage_s:.2f} | {dropped} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=200_000)
@@ -203,7 +398,19 @@ def main() -> None:
     parser.add_argument("--image-bytes", type=int, default=1024)
     parser.add_argument("--duplicates", type=float, default=0.10)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", choices=("exact", "near", "both"), default="both")
+    parser.add_argument("--synthetic", type=int, default=200)
+    parser.add_argument("--near-samples", type=int, default=20_000)
     args = parser.parse_args()
+    if args.only != "near":
+        exact(args)
+    if args.only != "exact":
+        near_quality(args.synthetic)
+        hash_cost(args.repeat)
+        near_stage(args.near_samples, args.partitions, args.repeat)
+
+
+def exact(args: argparse.Namespace) -> None:
 
     started = time.perf_counter()
     CORPUS.extend(make_corpus(args.samples, args.partitions, args.image_bytes, args.duplicates))

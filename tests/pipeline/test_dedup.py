@@ -82,7 +82,7 @@ def test_planted_duplicates_within_and_across_sources_are_found_once_and_the_ear
         caption("books", "b2", "Something new.", png(4)),
         sample("books", "b3", [text("A cat on a mat.")]),  # same text, no image
     ]
-    result = run([web, books], DedupOptions(by=dedup.KINDS), buckets=3)
+    result = run([web, books], DedupOptions(by=dedup.EXACT_KINDS), buckets=3)
     assert dropped(result) == {
         "w1": ("sample", "w0"),
         "w2": ("image", "w0"),
@@ -139,7 +139,7 @@ def test_samples_without_images_or_text_have_no_key_of_that_kind():
         sample("s", "image-only", [image_ref(0)], [image(CAT)], kind="caption"),
         sample("s", "blank", [image_ref(0), text(" \n\t")], [image(DOG)], kind="caption"),
     ]
-    keys = dedup.sample_keys(to_table(rows), DedupOptions(by=dedup.KINDS), 7)
+    keys = dedup.sample_keys(to_table(rows), DedupOptions(by=dedup.EXACT_KINDS), 7)
     assert list(zip(keys["row"].to_pylist(), keys["kind"].to_pylist(), strict=True)) == [
         (0, "sample"),
         (0, "text"),
@@ -209,7 +209,7 @@ def test_normalize_text():
 def test_sliced_and_chunked_tables_give_the_same_keys():
     rows = [caption("s", f"k{i}", f"words {i % 3}", png(i % 2)) for i in range(6)]
     whole = to_table(rows)
-    options = DedupOptions(by=dedup.KINDS)
+    options = DedupOptions(by=dedup.EXACT_KINDS)
     expected = dedup.sample_keys(whole.slice(2, 3), options, 0)
     chunked = pa.concat_tables([whole.slice(2, 1), whole.slice(3, 2)])
     assert dedup.sample_keys(chunked, options, 0).equals(expected)
@@ -218,7 +218,9 @@ def test_sliced_and_chunked_tables_give_the_same_keys():
 
 
 def test_bucket_of_reads_the_leading_hash_bytes():
-    keys = dedup.sample_keys(to_table([caption("s", "k", "words", CAT)]), DedupOptions(by=dedup.KINDS), 0)
+    keys = dedup.sample_keys(
+        to_table([caption("s", "k", "words", CAT)]), DedupOptions(by=dedup.EXACT_KINDS), 0
+    )
     buckets = dedup.bucket_of(keys, 1000)
     assert buckets.type == pa.int32()
     assert buckets.to_pylist() == [int.from_bytes(h[:4], "big") % 1000 for h in keys["hash"].to_pylist()]
@@ -227,7 +229,7 @@ def test_bucket_of_reads_the_leading_hash_bytes():
 
 
 def test_empty_inputs():
-    keys = dedup.sample_keys(to_table([]), DedupOptions(by=dedup.KINDS), 0)
+    keys = dedup.sample_keys(to_table([]), DedupOptions(by=dedup.EXACT_KINDS), 0)
     assert keys.num_rows == 0 and keys.schema == dedup.KEY_SCHEMA
     assert dedup.bucket_of(keys, 4).to_pylist() == []
     duplicates = dedup.find_duplicates(keys)
@@ -272,7 +274,7 @@ def reference(partitions: list[list[dict]], options: list[DedupOptions]) -> list
         for index, row in enumerate(rows):
             scope = "" if opts.across_sources else row["source"]
             first_duplicate = None
-            for kind in dedup.KINDS:
+            for kind in dedup.EXACT_KINDS:
                 value = reference_key(kind, row) if kind in opts.by else None
                 if value is None:
                     continue
@@ -289,7 +291,7 @@ def corpora(draw):
     source_names = ["a", "b", "c"]
     source_options = {
         name: DedupOptions(
-            by=tuple(draw(st.lists(st.sampled_from(dedup.KINDS), min_size=1, max_size=3, unique=True))),
+            by=tuple(draw(st.lists(st.sampled_from(dedup.EXACT_KINDS), min_size=1, max_size=3, unique=True))),
             across_sources=draw(st.booleans()),
         )
         for name in source_names
@@ -329,7 +331,7 @@ def test_any_bucketing_matches_a_first_occurrence_reference(corpus):
 
 def test_find_duplicates_does_not_depend_on_row_order():
     rows = [caption("s", f"k{i}", f"words {i % 4}", BLOBS[i % 3]) for i in range(30)]
-    keys = dedup.sample_keys(to_table(rows), DedupOptions(by=dedup.KINDS), 0)
+    keys = dedup.sample_keys(to_table(rows), DedupOptions(by=dedup.EXACT_KINDS), 0)
     shuffled = list(range(keys.num_rows))
     random.Random(0).shuffle(shuffled)
     plain = dedup.one_per_sample(dedup.find_duplicates(keys))
