@@ -10,6 +10,19 @@ delivers the same batches in the same order with any number of workers, and ever
 rank and worker. `ShardLoader` wraps the DataLoader and counts delivered batches, so that training resumes
 from `state_dict()` with the very next batch.
 
+`balance` rearranges that order so that at every step (the world_size micro-batches of batch_size rows that
+the ranks take at once) the ranks carry nearly the same work, so that no rank waits for a straggler:
+`"tiles"` balances tiles (the vision tower's work, `pipeline.packing.row_tiles`), tokens (`seq_len`) breaking
+ties; `"cost"` balances the FLOPs of both towers (`pipeline.cost.CostModel`). The epoch's order is cut into
+its full steps (a last partial step keeps its rows, in order, at the end); those rows, sorted by work
+(heaviest first, ties by position), are dealt into the epoch's world_size·steps micro-batches in serpentine
+rounds (one row to each micro-batch per round, alternating direction), so that each micro-batch mixes heavy
+and light rows; the micro-batches, sorted by their work, are then grouped world_size at a time into steps of
+near-equal micro-batches. The steps' order and the rank that takes each micro-batch of a step are drawn from
+the epoch's generator (kept as sorted with `shuffle=False`). So the order stays a function of (seed, epoch)
+and every row keeps its one place in it: workers, resume and `drop_last` behave as without balancing. With
+batch_size 1 a step holds rows of near-equal work. `balance=None` leaves the order untouched.
+
 `collate` builds the official batch from shard rows (see `schemas.shard`): left padding with the shape's
 pad id, labels padded with -100, `images` [B, max_tiles, 3, S, S] of normalized tiles made from the stored
 bytes by `pipeline.tiling` (zeros after a sample's last tile; one zero tile and a [0, 0] crop row for a sample
@@ -35,11 +48,15 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from model_shapes import ModelShape
 from pipeline import images as image_io
 from pipeline import tiling
+from pipeline.cost import CostModel
+from pipeline.packing import row_tiles
 from pipeline.shards import MANIFEST, OutputDir
 from pipeline.verify import file_digest, shape_for
 from schemas.shard import IGNORE_INDEX
 
-__all__ = ["ShardDataset", "ShardLoader", "collate"]
+__all__ = ["BALANCES", "ShardDataset", "ShardLoader", "collate"]
+
+BALANCES = (None, "tiles", "cost")
 
 
 def collate(rows: Sequence[Mapping[str, Any]], shape: ModelShape) -> dict[str, torch.Tensor]:
@@ -121,12 +138,15 @@ def _packing(rows: Sequence[Mapping[str, Any]], length: int) -> tuple[torch.Tens
 class ShardDataset(IterableDataset):
     """Batches (dicts of tensors, see `collate`) of the output at `location`, for one rank.
 
-    - `weights`: per-source sampling weights (sources left out are not read); None: every row once per epoch.
+    - `weights`: per-source sampling weights, one for every source of the output (0: not read); None: every
+      row once per epoch.
     - `samples_per_epoch`: with weights, the epoch's length over all ranks (default: the rows of the weighted
       sources).
     - `drop_last`: every rank gets the same number of full batches (the remainder is left out).
     - `verify_checksums`: each worker hashes a file before it first reads it and raises on a mismatch.
     - `cached_row_groups`: row groups each worker keeps decoded (rows are read by row group).
+    - `balance`: None, `"tiles"` or `"cost"`: each step's micro-batches carry nearly the same work across
+      ranks (module docstring); the tiles and tokens of every row are read once, here.
     Set the position with `set_position(epoch, batch)` (`ShardLoader` does it).
     """
 
@@ -145,12 +165,15 @@ class ShardDataset(IterableDataset):
         verify_checksums: bool = False,
         shape: ModelShape | str | None = None,
         cached_row_groups: int = 4,
+        balance: str | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(
                 f"need batch_size ≥ 1 and 0 ≤ rank < world_size, got {batch_size}, {rank}, {world_size}"
             )
+        if balance not in BALANCES:
+            raise ValueError(f"balance must be one of {', '.join(map(repr, BALANCES))}, not {balance!r}")
         self.location = location
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
@@ -174,6 +197,27 @@ class ShardDataset(IterableDataset):
         rows = len(self._file_of_row)
         self.samples_per_epoch = rows if self.weights is None else samples_per_epoch or self._weighted_rows()
         self.epoch, self.start_batch = 0, 0
+        self.balance = balance
+        self._work = None if balance is None else self._row_work(balance)
+
+    def _row_work(self, balance: str) -> np.ndarray:
+        """Each row's work as `balance` weighs it: tiles·(batch_size·most tokens + 1) + tokens for "tiles"
+        (so that sums over a micro-batch compare by tiles first, then tokens), FLOPs for "cost"."""
+        out = OutputDir(self.location)
+        tiles, tokens = [], []
+        for entry in self.files:
+            with out.fs.open_input_file(out.path(entry["path"])) as handle:
+                table = pq.read_table(handle, columns=["images_spatial_crop", "seq_len"])
+            if table.num_rows != entry["rows"]:
+                raise ValueError(f"{entry['path']}: {table.num_rows} rows, the manifest says {entry['rows']}")
+            tiles.append(row_tiles(table))
+            tokens.append(table.column("seq_len").to_numpy().astype(np.int64))
+        row_tile_counts = np.concatenate([np.zeros(0, np.int64), *tiles])
+        row_tokens = np.concatenate([np.zeros(0, np.int64), *tokens])
+        if balance == "cost":
+            return CostModel.for_shape(self.shape).total(row_tile_counts, row_tokens)
+        most = int(row_tokens.max(initial=0))
+        return row_tile_counts * (self.batch_size * most + 1) + row_tokens
 
     def _checked_weights(self, weights: Mapping[str, float] | None) -> np.ndarray | None:
         if weights is None:
@@ -183,7 +227,13 @@ class ShardDataset(IterableDataset):
             raise ValueError(
                 f"weights for sources {sorted(unknown)} not in this output ({', '.join(self.sources)})"
             )
-        values = np.array([float(weights.get(name, 0.0)) for name in self.sources])
+        missing = [name for name in self.sources if name not in weights]
+        if missing:
+            raise ValueError(
+                f"weights name no weight for sources {missing} of this output: give every source a weight "
+                "(0 leaves a source out)"
+            )
+        values = np.array([float(weights[name]) for name in self.sources])
         if (values < 0).any() or values.sum() <= 0:
             raise ValueError(f"weights must be ≥ 0 with a positive sum, got {dict(weights)}")
         return values / values.sum()
@@ -197,8 +247,15 @@ class ShardDataset(IterableDataset):
         self.epoch, self.start_batch = epoch, batch
 
     def order(self, epoch: int) -> np.ndarray:
-        """The epoch's row indices over all ranks (rows numbered in manifest file order)."""
+        """The epoch's row indices over all ranks (rows numbered in manifest file order), balanced when
+        `balance` is set."""
         rng = np.random.default_rng([self.seed, epoch])
+        order = self._drawn_order(rng)
+        if self._work is None:
+            return order
+        return _balanced(order, self._work, self.world_size, self.batch_size, rng if self.shuffle else None)
+
+    def _drawn_order(self, rng: np.random.Generator) -> np.ndarray:
         rows = len(self._file_of_row)
         if self.weights is None:
             return rng.permutation(rows) if self.shuffle else np.arange(rows)
@@ -213,7 +270,8 @@ class ShardDataset(IterableDataset):
         return order
 
     def rank_rows(self, epoch: int) -> np.ndarray:
-        """This rank's row indices for the epoch, in order."""
+        """This rank's row indices for the epoch, in order: each batch_size consecutive ones are its
+        micro-batch of one step."""
         order = self.order(epoch)
         if self.drop_last:
             per_rank = len(order) // (self.world_size * self.batch_size) * self.batch_size
@@ -238,6 +296,33 @@ class ShardDataset(IterableDataset):
             yield collate(
                 [reader.row(int(self._file_of_row[i]), int(self._row_in_file[i])) for i in chosen], self.shape
             )
+
+
+def _balanced(
+    order: np.ndarray, work: np.ndarray, world_size: int, batch_size: int, rng: np.random.Generator | None
+) -> np.ndarray:
+    """`order` rearranged so that each full step's micro-batches carry nearly equal `work` (see the module
+    docstring); rank r takes positions r, r + world_size, ... of each step's world_size·batch_size."""
+    per_step = world_size * batch_size
+    steps = len(order) // per_step
+    head = order[: steps * per_step]
+    bins = steps * world_size
+    # Heaviest first, ties by position; round k deals rows k·bins ... (k + 1)·bins - 1, alternating direction.
+    ranked = head[np.lexsort((np.arange(len(head)), -work[head]))]
+    dealt = np.arange(len(head))
+    rounds, place = dealt // bins, dealt % bins
+    bin_of = np.where(rounds % 2 == 0, place, bins - 1 - place)
+    load = np.zeros(bins, dtype=work.dtype)
+    np.add.at(load, bin_of, work[ranked])
+    by_load = np.empty(bins, dtype=np.int64)
+    by_load[np.lexsort((np.arange(bins), -load))] = np.arange(bins)
+    step, slot = by_load // world_size, by_load % world_size
+    if rng is not None:
+        step = rng.permutation(steps)[step]
+        slot = np.argsort(rng.random((steps, world_size)), axis=1)[by_load // world_size, slot]
+    balanced = order.copy()
+    balanced[step[bin_of] * per_step + slot[bin_of] + rounds * world_size] = ranked
+    return balanced
 
 
 class _RowReader:
@@ -308,6 +393,7 @@ class ShardLoader:
             "drop_last": d.drop_last,
             "samples_per_epoch": d.samples_per_epoch,
             "weights": None if d.weights is None else dict(zip(d.sources, d.weights.tolist(), strict=True)),
+            "balance": d.balance,
         }
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """pipeline.loader: the collated batch against one built here from the spec, rank × worker splits,
-determinism, resume, sampling weights, checksums and packed rows."""
+determinism, resume, sampling weights, checksums, packed rows and the balanced order."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 from shard_support import TOY, image, png, row_of, text, write_output
+from synthetic_rows import mixed_rows
 
 from model_shapes import masks
 from pipeline import layout, loader
+from pipeline.cost import CostModel
 from pipeline.packing import pack_rows
 
 
@@ -194,7 +196,9 @@ def test_workers_deliver_the_same_batches(tmp_path):
 
 def test_sampling_weights(tmp_path):
     location = text_output(tmp_path, {"vl": 20, "text": 5, "unused": 3})
-    dataset = loader.ShardDataset(location, 8, weights={"vl": 0.7, "text": 0.3}, samples_per_epoch=20000)
+    dataset = loader.ShardDataset(
+        location, 8, weights={"vl": 0.7, "text": 0.3, "unused": 0}, samples_per_epoch=20000
+    )
     order = dataset.order(0)
     sources = np.array(dataset.sources)[dataset._source_of_row[order]]
     assert len(order) == 20000 and "unused" not in sources
@@ -205,13 +209,143 @@ def test_sampling_weights(tmp_path):
     assert len(set(text_rows[:5].tolist())) == 5
     with pytest.raises(ValueError, match="not in this output"):
         loader.ShardDataset(location, 8, weights={"nope": 1.0})
+    with pytest.raises(ValueError, match=r"no weight for sources \['unused'\]"):
+        loader.ShardDataset(location, 8, weights={"vl": 0.7, "text": 0.3})
 
 
 def test_checksums_are_verified_on_request(tmp_path):
     location = text_output(tmp_path, {"a": 4})
-    path = tmp_path / "shards/a/part-00000.parquet"
+    path = tmp_path / loader.ShardDataset(location, 2).files[0]["path"]  # the name the manifest lists
     data = bytearray(path.read_bytes())
     data[-20] ^= 0x01
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="sha256 differs"):
         list(loader.ShardDataset(location, 2, verify_checksums=True))
+
+
+WORLD = 8
+ROWS = 2000
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory) -> tuple[str, np.ndarray, np.ndarray, list[str]]:
+    """An output of 2000 caption, grounding and interleaved rows in two sources, with each row's tiles,
+    tokens and sample_id (rows numbered in manifest order)."""
+    rows = mixed_rows(ROWS, seed=11)
+    by_source = {"web": rows[:1200], "coco": rows[1200:]}
+    by_source["coco"] = [{**r, "source": "coco"} for r in by_source["coco"]]
+    location = str(write_output(tmp_path_factory.mktemp("mixed"), by_source))
+    ordered = [r for name in by_source for r in by_source[name]]
+    tiles = np.array([sum(1 + w * h for w, h in r["images_spatial_crop"]) for r in ordered])
+    tokens = np.array([r["seq_len"] for r in ordered])
+    return location, tiles, tokens, [r["sample_id"] for r in ordered]
+
+
+def micro_batches(location: str, batch_size: int, epoch: int = 0, **options) -> list[list[np.ndarray]]:
+    """Per rank, its micro-batches (arrays of row indices) of the epoch's full steps."""
+    per_rank = [
+        loader.ShardDataset(location, batch_size, rank=r, world_size=WORLD, **options).rank_rows(epoch)
+        for r in range(WORLD)
+    ]
+    steps = min(len(rows) for rows in per_rank) // batch_size
+    return [[rows[k * batch_size : (k + 1) * batch_size] for k in range(steps)] for rows in per_rank]
+
+
+def imbalance(batches: list[list[np.ndarray]], amount: np.ndarray) -> np.ndarray:
+    """Per step: the largest rank's `amount` over the mean over ranks (1.0 for a step with none)."""
+    per_step = np.array([[amount[b].sum() for b in rank] for rank in batches], dtype=np.float64).T
+    mean = per_step.mean(axis=1)
+    return np.where(mean > 0, per_step.max(axis=1) / np.where(mean > 0, mean, 1), 1.0)
+
+
+@pytest.mark.timeout(120)
+def test_balanced_steps_carry_the_same_tiles_on_every_rank(mixed):
+    location, tiles, tokens, _ = mixed
+    for batch_size in (1, 2, 4):
+        plain = imbalance(micro_batches(location, batch_size, seed=3), tiles)
+        balanced_batches = micro_batches(location, batch_size, seed=3, balance="tiles")
+        balanced = imbalance(balanced_batches, tiles)
+        assert len(balanced) == len(plain) == ROWS // (WORLD * batch_size)
+        assert np.percentile(plain, 99) > 1.3, batch_size
+        if batch_size == 1:
+            # One row a rank: a step can only hold rows of equal tiles, and the few steps where one tile
+            # count runs out and the next begins mix them (250 steps here).
+            assert np.median(balanced) == 1.0 and (balanced <= 1.10).mean() >= 0.9, np.sort(balanced)[-8:]
+        else:
+            assert np.percentile(balanced, 99) <= 1.10, (batch_size, np.sort(balanced)[-5:])
+        assert np.percentile(imbalance(balanced_batches, tokens), 50) <= 1.10
+    costs = CostModel.for_shape(TOY).total(tiles, tokens)
+    by_cost = micro_batches(location, 2, seed=3, balance="cost")
+    assert np.percentile(imbalance(by_cost, costs), 99) <= 1.10
+    assert np.percentile(imbalance(micro_batches(location, 2, seed=3), costs), 99) > 1.2
+
+
+def test_balanced_order_has_every_row_once_and_depends_on_seed_and_epoch(mixed):
+    location, *_ = mixed
+    for batch_size in (1, 3):
+        make = lambda seed=0, size=batch_size: loader.ShardDataset(  # noqa: E731
+            location, size, world_size=WORLD, seed=seed, balance="tiles"
+        )
+        order = make().order(0)
+        assert sorted(order.tolist()) == list(range(ROWS))
+        assert np.array_equal(order, make().order(0))
+        assert not np.array_equal(order, make().order(1))
+        assert not np.array_equal(order, make(seed=1).order(0))
+        # The rows of the last partial step keep their drawn order, at the end.
+        tail = ROWS % (WORLD * batch_size)
+        drawn = loader.ShardDataset(location, batch_size, world_size=WORLD).order(0)
+        assert np.array_equal(order[ROWS - tail :], drawn[ROWS - tail :])
+        ranks = [
+            loader.ShardDataset(
+                location, batch_size, rank=r, world_size=WORLD, balance="tiles", drop_last=True
+            ).rank_rows(0)
+            for r in range(WORLD)
+        ]
+        assert len({len(rows) for rows in ranks}) == 1 and len(ranks[0]) % batch_size == 0
+        assert len(set(np.concatenate(ranks).tolist())) == sum(map(len, ranks)) == ROWS - tail
+    unshuffled = loader.ShardDataset(location, 2, world_size=WORLD, shuffle=False, balance="tiles")
+    assert sorted(unshuffled.order(0).tolist()) == list(range(ROWS))
+    weighted = loader.ShardDataset(
+        location, 2, world_size=WORLD, balance="tiles", weights={"web": 1, "coco": 1}, samples_per_epoch=900
+    )
+    assert len(weighted.order(0)) == 900
+    drawn = weighted._drawn_order(np.random.default_rng([0, 0]))
+    assert np.array_equal(np.sort(weighted.order(0)), np.sort(drawn))
+
+
+def test_without_balance_the_order_is_the_drawn_permutation(mixed):
+    location, *_ = mixed
+    dataset = loader.ShardDataset(location, 2, rank=3, world_size=WORLD, seed=9)
+    expected = np.random.default_rng([9, 4]).permutation(ROWS)
+    assert np.array_equal(dataset.order(4), expected)
+    assert np.array_equal(dataset.rank_rows(4), expected[3::WORLD])
+
+
+def test_balanced_reading_resumes_and_splits_over_workers(tmp_path, monkeypatch):
+    rows = mixed_rows(100, seed=5)
+    location, ids = str(write_output(tmp_path, {"mix": rows})), [r["sample_id"] for r in rows]
+    make = lambda balance="tiles": loader.ShardDataset(  # noqa: E731
+        location, 2, rank=5, world_size=WORLD, seed=4, balance=balance
+    )
+    batches = sample_ids(make(), monkeypatch)[0]
+    expected = make().rank_rows(0)
+    assert len(batches) == len(make()) == -(-len(expected) // 2)
+    assert [r for b in batches for r in b] == [ids[i] for i in expected]
+    split = sample_ids(make(), monkeypatch, workers=3)
+    assert sorted(r for worker in split for b in worker for r in b) == sorted(r for b in batches for r in b)
+    monkeypatch.setattr(loader, "get_worker_info", lambda: None)
+    first = loader.ShardLoader(make())
+    seen = []
+    for batch in first:
+        seen.append(batch)
+        if len(seen) == 4:
+            break
+    state = first.state_dict()
+    assert state["balance"] == "tiles"
+    resumed = loader.ShardLoader(make())
+    resumed.load_state_dict(state)
+    assert seen + list(resumed) == batches
+    with pytest.raises(ValueError, match="balance"):
+        loader.ShardLoader(make(balance=None)).load_state_dict(state)
+    with pytest.raises(ValueError, match="balance must be one of None, 'tiles', 'cost'"):
+        make(balance="tokens")
