@@ -2,9 +2,13 @@
 
 One Ray task per shard, reject or filter measurement file listed in the manifest computes a
 `pipeline.stats.Partial` of that file, reading it batch by batch and only the columns the statistics need
-(never image bytes); the driver merges the partials as they arrive, so no step holds all rows. The driver
-then writes `stats.json`, `report.html` and `report.md` to `OUT/stats/` (or to `report_dir`). Files under
-`stats/` are not listed in the manifest.
+(never image bytes); the driver merges the partials as they arrive, so no step holds all rows. The pass is
+linear in the number of files: at most `IN_FLIGHT_PER_CPU` tasks per CPU are submitted at a time, finished
+ones are collected a quarter of that window at a time (each `ray.wait` costs the length of the list it is
+given: one result per call over all the files was quadratic), and each partial is added in place into one
+(`pipeline.stats.Partial.add`: the cost of a merge is that of the partial merged, token counts are arrays).
+The driver then writes `stats.json`, `report.html` and `report.md` to `OUT/stats/` (or to `report_dir`).
+Files under `stats/` are not listed in the manifest.
 
 The model shape comes from the manifest (`config.model_shape`, else `model_shape.name`); the tokenizer from
 the config as recorded (a shipped tokenizer's name, or its path as written, relative to the working
@@ -22,6 +26,8 @@ a complete one. A manifest that cannot be read (not JSON) is one line and exit 2
 
 from __future__ import annotations
 
+import datetime
+import itertools
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +47,9 @@ STATS_FILE = f"{STATS_DIR}/stats.json"
 VALIDATION_FILE = "validation.json"
 """Written by `jobs.validate` beside stats.json; its results become a section of the report."""
 BATCH_ROWS = 1024
+IN_FLIGHT_PER_CPU = 32
+"""Tasks submitted and not yet collected, per CPU of the cluster: enough to keep every CPU busy while the
+driver merges, few enough that finished partials (small: token counts travel sparse) never pile up."""
 
 
 def run(
@@ -105,11 +114,13 @@ def _run(
     )
     result = stats.finalize(merged, context, manifest, token_text)
 
-    target = shards.OutputDir(report_dir) if report_dir else shards.OutputDir(out.path(STATS_DIR))
+    target = shards.OutputDir(report_dir) if report_dir else out.subfolder(STATS_DIR)
     target.write_json("stats.json", result)
     # A validation run (jobs.validate) keeps its section in a report made again afterwards.
     validation = target.read_json(VALIDATION_FILE) if target.exists(VALIDATION_FILE) else None
-    target.write_bytes("report.html", report.html(result, validation).encode())
+    # The time goes into the report only: stats.json stays the same bytes when made again.
+    made = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    target.write_bytes("report.html", report.html(result, validation, made, out.location).encode())
     target.write_bytes("report.md", report.markdown(result, validation).encode())
     print(
         f"stats: {len(files)} files → {target.location}/{{stats.json, report.html, report.md}}",
@@ -162,19 +173,26 @@ def _partials(
     ray_address: str | None,
     num_cpus: int | None,
 ) -> stats.Partial:
-    """One Ray task per file; partials are merged as they finish."""
+    """One Ray task per file, a bounded window of them in flight; partials are merged in place as they
+    finish (see the module docstring)."""
     from jobs.ray_runtime import start_ray, task_cpus
 
     start_ray(ray_address, num_cpus)
     import ray  # after start_ray, which sets Ray's environment first
 
     task = ray.remote(file_partial).options(num_cpus=task_cpus())
-    pending = [task.remote(location, path, what, context, tokenizer_spec, shape) for path, what in files]
+    window = max(8, IN_FLIGHT_PER_CPU * int(ray.cluster_resources().get("CPU", 1)))
+    queued = iter(files)
+    pending: list[Any] = []
     merged = stats.Partial()
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        merged = stats.merge(merged, ray.get(done[0]))
-    return merged
+    while True:
+        for path, what in itertools.islice(queued, window - len(pending)):
+            pending.append(task.remote(location, path, what, context, tokenizer_spec, shape))
+        if not pending:
+            return merged
+        done, pending = ray.wait(pending, num_returns=min(len(pending), max(1, window // 4)))
+        for partial in ray.get(done):
+            merged.add(partial)
 
 
 def file_partial(
@@ -208,11 +226,11 @@ def _file_partial(
     merged = stats.Partial()
     if what == "filter":
         for batch in parquet.iter_batches(BATCH_ROWS * 64):
-            merged = stats.merge(merged, stats.filter_partial(batch))
+            merged.add(stats.filter_partial(batch))
         return merged
     if what == "reject":
         for batch in parquet.iter_batches(BATCH_ROWS, columns=list(stats.REJECT_COLUMNS)):
-            merged = stats.merge(merged, stats.reject_partial(batch))
+            merged.add(stats.reject_partial(batch))
         return merged
     first_row = 0
     leaves = [parquet.schema.column(i).path for i in range(len(parquet.schema))]
@@ -223,6 +241,6 @@ def _file_partial(
         except (ValueError, IndexError, KeyError) as error:  # values or columns no sound shard has
             rows = f"rows {first_row}-{first_row + batch.num_rows - 1}"
             return stats.Partial(problems={path: f"{rows} cannot be counted: {_one_line(error)}"})
-        merged = stats.merge(merged, partial)
+        merged.add(partial)
         first_row += batch.num_rows
     return merged

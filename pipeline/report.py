@@ -2,10 +2,19 @@
 
 `html` gives a single file with inline CSS and every plot embedded as a base64 PNG (matplotlib, Agg backend),
 so it opens from disk with no network. `markdown` gives the short version for a terminal or a pull request.
-`PLOTS` names the plots, in page order; each appears once as a `<figure>` with that name as its id. When
-filters ran, a Filters section follows with one figure per (source, quantity), id
-`filter-<source>-<quantity>`: the distribution of the measured values with the cut part in red and the
-thresholds as lines.
+`PLOTS` names the plots, in page order; each appears once as a `<figure>` with that name as its id, its title
+and axis labels in `data-title`, `data-xlabel`, `data-ylabel`. A plot without data is no empty axes but a
+figure of class "none" that says why (`data-empty`); a table without rows is "none" too. Distributions are
+drawn per source (one line or bar per source, the same colour for a source in every plot) where the
+statistics have them per source. When filters ran, a Filters section follows with one figure per (source,
+quantity), id `filter-<source>-<quantity>`: the distribution of the measured values with the cut part in red
+and the thresholds as lines inside the plot.
+
+The page opens with the run (when the report was made, the output, vl2prep version, code and config
+identity, the config as written), then sources with a totals row (read, written, rejected and dropped on
+purpose, as shares of the records read), rejects per source, and a definition of every token total. Packing,
+deduplication and decontamination get their sections when the statistics record them. The validation
+section shows losses only for real weights.
 """
 
 from __future__ import annotations
@@ -14,163 +23,457 @@ import base64
 import html as html_escape
 import io
 import itertools
+import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.colors import LogNorm
 
 __all__ = ["PLOTS", "filter_png", "html", "markdown", "plot_png"]
 
 _CSS = """
-body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1360px; padding: 0 1em;
+       color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
+h3 { font-size: 1.05em; margin-bottom: .2em; }
 table { border-collapse: collapse; margin: .8em 0; }
 th, td { padding: .25em .7em; border-bottom: 1px solid #eee; }
 th { text-align: left; background: #f6f6f6; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
-figure { display: inline-block; margin: .5em; vertical-align: top; }
-figcaption { font-size: .9em; color: #555; } img { max-width: 520px; }
-p.warning { color: #a33; }
+tr.total td { font-weight: bold; border-top: 1px solid #999; }
+figure { display: inline-block; margin: .5em; vertical-align: top; width: 640px; }
+figure img { width: 100%; } figcaption { font-size: .9em; color: #444; }
+figure.none { border: 1px dashed #ccc; padding: .6em; width: auto; min-width: 300px; }
+p.none { color: #777; font-style: italic; } p.warning { color: #a33; }
+dl.definitions dt { font-weight: bold; } dl.definitions dd { margin: 0 0 .4em 1.5em; }
+pre { background: #f6f6f6; padding: .6em; overflow-x: auto; font-size: .85em; }
 """
 
-
-def _bars(ax: Axes, labels: Sequence[str], values: Sequence[float], title: str, rotate: bool = False) -> None:
-    ax.bar(range(len(values)), values, color="#4c72b0")
-    ax.set_xticks(range(len(values)), labels, rotation=60 if rotate else 0, fontsize=7 if rotate else 9)
-    ax.set_title(title)
+_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 
 
-def _hist(ax: Axes, histogram: dict[str, Any], title: str, xlabel: str) -> None:
-    edges = histogram["bin_edges"]
-    widths = [b - a for a, b in itertools.pairwise(edges)]
-    ax.bar(edges[:-1], histogram["counts"], width=widths, align="edge", color="#4c72b0")
-    ax.set_title(title)
+def _labels(ax: Axes, xlabel: str, ylabel: str, counts: str = "y") -> None:
+    """Axis labels; the `counts` axis ("x" or "y") counts things, so its ticks are whole numbers."""
     ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    (ax.xaxis if counts == "x" else ax.yaxis).set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+
+
+def _per_source(
+    stats: dict[str, Any], count: Callable[[dict[str, Any]], float]
+) -> list[tuple[str, dict, str]]:
+    """(name, group, colour) of the sources for which `count` of the group is not 0; a source keeps its
+    colour in every plot."""
+    return [
+        (name, group, _COLOURS[index % len(_COLOURS)])
+        for index, (name, group) in enumerate(stats["sources"].items())
+        if count(group)
+    ]
+
+
+def _legend(ax: Axes) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+
+
+def _stairs(ax: Axes, stats: dict[str, Any], histogram: Callable[[dict], dict], count: Callable) -> None:
+    """One outline histogram per source (the groups' `histogram(group)`), overlaid."""
+    for name, group, colour in _per_source(stats, count):
+        hist = histogram(group)
+        ax.stairs(hist["counts"], hist["bin_edges"], label=name, color=colour, linewidth=1.5)
+    _legend(ax)
+
+
+def _grouped_bars(
+    ax: Axes, stats: dict[str, Any], by_value: Callable[[dict], dict[str, int]], skip_zero: bool
+) -> None:
+    """Bars per value ({value: count} of each source's group), one bar of each source side by side."""
+    sources = _per_source(stats, lambda g: sum(by_value(g).values()))
+    values = sorted({int(v) for _, g, _ in sources for v in by_value(g)} - ({0} if skip_zero else set()))
+    width = 0.8 / max(len(sources), 1)
+    for index, (name, group, colour) in enumerate(sources):
+        counts = by_value(group)
+        shift = (index - (len(sources) - 1) / 2) * width
+        ax.bar(
+            [v + shift for v in values],
+            [counts.get(str(v), 0) for v in values],
+            width,
+            label=name,
+            color=colour,
+        )
+    ax.set_xticks(values)
+    _legend(ax)
 
 
 def _seq_len(ax: Axes, stats: dict[str, Any]) -> None:
-    seq = stats["overall"]["seq_len"]
-    _hist(ax, seq["histogram"], "sequence lengths (rows)", "tokens")
-    ax.axvline(seq["max_seq_len"], color="#c44e52", linestyle="--", label="max_seq_len")
-    ax.legend()
+    _stairs(ax, stats, lambda g: g["seq_len"]["histogram"], lambda g: g["rows"])
+    max_len = stats["overall"]["seq_len"]["max_seq_len"]
+    ax.axvline(max_len, color="#222", linestyle="--", linewidth=1)
+    ax.annotate(
+        f"max_seq_len {max_len:,}",
+        (max_len, 1),
+        xycoords=("data", "axes fraction"),
+        fontsize=7,
+        rotation=90,
+        va="top",
+        ha="right",
+    )
+    ax.set_xlim(0, max_len * 1.03)
+    _labels(ax, "tokens per row (seq_len)", "rows")
 
 
 def _tokens_per_source(ax: Axes, stats: dict[str, Any]) -> None:
     names = list(stats["sources"])
-    text = [stats["sources"][n]["tokens"]["text"]["sum"] for n in names]
     image = [stats["sources"][n]["tokens"]["image"]["sum"] for n in names]
-    ax.bar(names, text, label="text", color="#4c72b0")
-    ax.bar(names, image, bottom=text, label="image", color="#dd8452")
-    ax.set_title("tokens per source (rows)")
-    ax.tick_params(axis="x", rotation=30)
-    ax.legend()
+    other = [stats["sources"][n]["tokens"]["total"]["sum"] - i for n, i in zip(names, image, strict=True)]
+    ax.barh(names, other, label="other positions (text, special, pad)", color=_COLOURS[0])
+    ax.barh(names, image, left=other, label="<image> tokens", color=_COLOURS[1])
+    ax.invert_yaxis()
+    _legend(ax)
+    _labels(ax, "tokens (sum of seq_len over rows)", "source", counts="x")
 
 
 def _images_per_sequence(ax: Axes, stats: dict[str, Any]) -> None:
-    counts = stats["overall"]["images"]["per_sequence"]
-    _bars(ax, list(counts), list(counts.values()), "images per sequence")
+    _grouped_bars(ax, stats, lambda g: g["images"]["per_sequence"], skip_zero=False)
+    _labels(ax, "images in the sequence", "sequences")
 
 
 def _image_sizes(ax: Axes, stats: dict[str, Any]) -> None:
-    sizes = stats["overall"]["images"]["size_histogram"]
-    extent = (0, sizes["max_px"], 0, sizes["max_px"])
-    counts = [list(column) for column in zip(*sizes["counts"], strict=True)]  # rows: height bins
-    shown = ax.imshow(counts, origin="lower", extent=extent, cmap="viridis", aspect="auto")
-    plt.colorbar(shown, ax=ax)
-    ax.set_title("original image sizes (px)")
-    ax.set_xlabel("width")
-    ax.set_ylabel("height")
+    sizes = stats["overall"]["images"]["size_log_histogram"]
+    per_octave = sizes["bins_per_octave"]
+    cells = sizes["cells"]
+    low_w, high_w = min(c[0] for c in cells), max(c[0] for c in cells) + 1
+    low_h, high_h = min(c[1] for c in cells), max(c[1] for c in cells) + 1
+    counts = np.zeros((high_h - low_h, high_w - low_w))
+    for i, j, count in cells:
+        counts[j - low_h, i - low_w] = count
+    counts[counts == 0] = np.nan
+    x_edges = [2 ** (i / per_octave) for i in range(low_w, high_w + 1)]
+    y_edges = [2 ** (j / per_octave) for j in range(low_h, high_h + 1)]
+    shown = ax.pcolormesh(x_edges, y_edges, counts, cmap="viridis", norm=LogNorm(vmin=1))
+    plt.colorbar(
+        shown, ax=ax, label="images", format=matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}")
+    )
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    _labels(ax, "width (px, log scale)", "height (px, log scale)")
 
 
 def _aspect(ax: Axes, stats: dict[str, Any]) -> None:
-    _hist(ax, stats["overall"]["images"]["aspect_ratio"], "aspect ratio", "log2(width / height)")
+    _stairs(ax, stats, lambda g: g["images"]["aspect_ratio"], lambda g: g["images"]["count"])
+    ticks = list(range(-3, 4))
+    ax.set_xticks(ticks, [f"1:{2**-t}" if t < 0 else f"{2**t}:1" for t in ticks])
+    _labels(ax, "width : height (log scale; ends include beyond)", "images")
 
 
 def _grids(ax: Axes, stats: dict[str, Any]) -> None:
     grids = stats["overall"]["images"]["grids"]
     candidates = [tuple(g) for g in stats["candidate_grids"]]
     seen = [tuple(int(v) for v in key.split("x")) for key in grids]
-    width = max(w for w, _ in [*candidates, *seen, (1, 1)])
-    height = max(h for _, h in [*candidates, *seen, (1, 1)])
+    shown_grids = [(w, h) for w, h in {*candidates, *seen} if w > 0 and h > 0]
+    width = max(w for w, _ in [*shown_grids, (1, 1)])
+    height = max(h for _, h in [*shown_grids, (1, 1)])
     cells = [[float("nan")] * width for _ in range(height)]
-    for w, h in {*candidates, *seen}:
+    for w, h in shown_grids:
         cells[h - 1][w - 1] = grids.get(f"{w}x{h}", 0)
-    shown = ax.imshow(cells, origin="lower", extent=(0.5, width + 0.5, 0.5, height + 0.5), cmap="magma")
-    plt.colorbar(shown, ax=ax)
-    ax.set_title("tile grids (blank: not a candidate)")
-    ax.set_xlabel("width tiles")
-    ax.set_ylabel("height tiles")
+        if grids.get(f"{w}x{h}"):
+            ax.text(w, h, f"{grids[f'{w}x{h}']:,}", ha="center", va="center", fontsize=6, color="#000")
+    colours = matplotlib.colormaps["Blues"].with_extremes(bad="#d9d9d9")  # grey: not a candidate grid
+    shown = ax.imshow(cells, origin="lower", extent=(0.5, width + 0.5, 0.5, height + 0.5), cmap=colours)
+    plt.colorbar(shown, ax=ax, label="images")
+    _labels(ax, "tiles across", "tiles down", counts="x")
 
 
 def _tokens_per_image(ax: Axes, stats: dict[str, Any]) -> None:
-    dist = stats["overall"]["images"]["tokens_per_image"]
-    keys = ("min", "p50", "p90", "p99", "max")
-    _bars(ax, list(keys), [dist[k] or 0 for k in keys], "<image> tokens per image")
+    images = stats["overall"]["images"]
+    counts = images["tokens_per_image_counts"]
+    values = [int(v) for v in counts]
+    ax.vlines(values, 0, list(counts.values()), color=_COLOURS[0], linewidth=2)
+    ax.plot(values, list(counts.values()), "o", color=_COLOURS[0], markersize=3)
+    for key, style in (("p50", ":"), ("p90", "--"), ("p99", "-.")):
+        value = images["tokens_per_image"][key]
+        ax.axvline(value, color="#222", linestyle=style, linewidth=1, label=f"{key} {value:,}")
+    _legend(ax)
+    _labels(ax, "<image> tokens per image", "images")
 
 
 def _padding(ax: Axes, stats: dict[str, Any]) -> None:
-    waste = stats["overall"]["images"]["padding_waste"]
-    share = waste["share"]
-    title = "padding waste" + (f" (overall {share:.1%})" if share is not None else "")
-    _hist(ax, waste["histogram"], title, "% of the tiled canvas that is padding")
+    _stairs(ax, stats, lambda g: g["images"]["padding_waste"]["histogram"], lambda g: g["images"]["count"])
+    share = stats["overall"]["images"]["padding_waste"]["share"]
+    if share is not None:
+        ax.annotate(
+            f"overall {share:.1%} of the canvas pixels",
+            (0.98, 0.95),
+            xycoords="axes fraction",
+            ha="right",
+            va="top",
+            fontsize=8,
+        )
+    _labels(ax, "padding (% of the tiled canvas)", "images")
 
 
 def _grounding(ax: Axes, stats: dict[str, Any]) -> None:
-    boxes = stats["overall"]["grounding"]["boxes_per_sequence"]
-    _bars(ax, list(boxes), list(boxes.values()), "boxes per sequence")
+    _grouped_bars(ax, stats, lambda g: g["grounding"]["boxes_per_sequence"], skip_zero=True)
+    _labels(ax, "boxes in the sequence (1 or more)", "sequences")
 
 
 def _box_area(ax: Axes, stats: dict[str, Any]) -> None:
-    _hist(ax, stats["overall"]["grounding"]["box_area_share"], "box area", "% of the image")
+    _stairs(ax, stats, lambda g: g["grounding"]["box_area_share"], lambda g: g["grounding"]["boxes"])
+    _labels(ax, "box area (% of its image)", "boxes")
+
+
+def _token_label(token: dict[str, Any]) -> str:
+    """A top token as a person reads it: its text with spaces and newlines made visible, and its id."""
+    text = token["text"]
+    if text is None:
+        return f"id {token['id']}"
+    visible = text.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥")
+    visible = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in visible)
+    return f"{visible[:14] + '…' if len(visible) > 15 else visible}  ({token['id']})"
 
 
 def _top_tokens(ax: Axes, stats: dict[str, Any]) -> None:
     top = stats["overall"]["text"]["top_tokens"]
-    labels = [repr(t["text"]) if t["text"] is not None else str(t["id"]) for t in top]
-    _bars(ax, labels, [t["count"] for t in top], "top text tokens", rotate=True)
+    ax.barh([_token_label(t) for t in top], [t["count"] for t in top], color=_COLOURS[0])
+    ax.invert_yaxis()
+    ax.tick_params(axis="y", labelsize=7)
+    _labels(ax, "occurrences", "token (id)", counts="x")
 
 
 def _rejects(ax: Axes, stats: dict[str, Any]) -> None:
-    reasons = stats["rejects"]["by_reason"]
-    _bars(ax, list(reasons), [r["count"] for r in reasons.values()], "rejects by reason", rotate=True)
+    reasons = list(stats["rejects"]["by_reason"])
+    left = [0] * len(reasons)
+    for name, group, colour in _per_source(stats, lambda g: g["rejects"]["total"]):
+        counts = [group["rejects"]["by_reason"].get(r, {}).get("count", 0) for r in reasons]
+        ax.barh(reasons, counts, left=left, label=name, color=colour)
+        left = [a + b for a, b in zip(left, counts, strict=True)]
+    ax.invert_yaxis()
+    ax.tick_params(axis="y", labelsize=7)
+    _legend(ax)
+    _labels(ax, "records", "reason", counts="x")
 
 
-PLOTS: dict[str, Callable[[Axes, dict[str, Any]], None]] = {
-    "sequence-lengths": _seq_len,
-    "tokens-per-source": _tokens_per_source,
-    "images-per-sequence": _images_per_sequence,
-    "image-sizes": _image_sizes,
-    "aspect-ratios": _aspect,
-    "tile-grids": _grids,
-    "tokens-per-image": _tokens_per_image,
-    "padding-waste": _padding,
-    "boxes-per-sequence": _grounding,
-    "box-area": _box_area,
-    "top-tokens": _top_tokens,
-    "rejects": _rejects,
+def _histogram_bars(ax: Axes, histogram: dict[str, Any]) -> None:
+    edges = histogram["bin_edges"]
+    widths = [b - a for a, b in itertools.pairwise(edges)]
+    ax.bar(edges[:-1], histogram["counts"], width=widths, align="edge", color=_COLOURS[0])
+
+
+def _packed_tokens(ax: Axes, stats: dict[str, Any]) -> None:
+    _histogram_bars(ax, stats["overall"]["packing"]["tokens_per_row"]["histogram"])
+    max_len = stats["overall"]["seq_len"]["max_seq_len"]
+    ax.axvline(max_len, color="#222", linestyle="--", linewidth=1, label=f"max_seq_len {max_len:,}")
+    ax.set_xlim(0, max_len * 1.03)
+    _legend(ax)
+    _labels(ax, "tokens of the row's documents (pad left out)", "packed rows")
+
+
+def _packed_tiles(ax: Axes, stats: dict[str, Any]) -> None:
+    _histogram_bars(ax, stats["overall"]["packing"]["tiles_per_row"]["histogram"])
+    budget = (((stats.get("run") or {}).get("config") or {}).get("sequence") or {}).get("max_tiles")
+    if isinstance(budget, int):
+        ax.axvline(budget, color="#222", linestyle="--", linewidth=1, label=f"max_tiles {budget}")
+        ax.set_xlim(0, max(ax.get_xlim()[1], budget * 1.05))
+    _legend(ax)
+    _labels(ax, "tiles of the row (per image: global view + local tiles)", "packed rows")
+
+
+def _near_distances(ax: Axes, stats: dict[str, Any]) -> None:
+    dedup = stats["dedup"]
+    histogram = dedup["near_distance_histogram"]
+    _histogram_bars(ax, histogram)
+    thresholds = dedup["near_distance"]
+    for source, value in thresholds.items():
+        ax.axvline(
+            value + 1,
+            color="#c44e52",
+            linestyle="--",
+            linewidth=1,
+            label=f"near_distance {value}" + (f" ({source})" if source else ""),
+        )
+    used = [i for i, count in enumerate(histogram["counts"]) if count]
+    right = max([*used, *(v for v in thresholds.values())], default=0) + 2
+    ax.set_xlim(0, min(right, len(histogram["counts"])))
+    _legend(ax)
+    _labels(ax, "distance between pHashes (bits of 64)", "candidate images")
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A plot of the report: title, caption, how to draw it, and why there is nothing to draw (None: there
+    is)."""
+
+    title: str
+    caption: str
+    draw: Callable[[Axes, dict[str, Any]], None]
+    empty: Callable[[dict[str, Any]], str | None]
+
+
+def _no_images(stats: dict[str, Any]) -> str | None:
+    return None if stats["overall"]["images"]["count"] else "no images"
+
+
+def _no_boxes(stats: dict[str, Any]) -> str | None:
+    return None if stats["overall"]["grounding"]["boxes"] else "no grounding boxes"
+
+
+def _no_packing(stats: dict[str, Any]) -> str | None:
+    packing = stats["overall"].get("packing")
+    return None if packing and "tokens_per_row" in packing else "no packed rows"
+
+
+PLOTS: dict[str, Plot] = {
+    "sequence-lengths": Plot(
+        "Sequence length per row, by source",
+        "Rows by length, one line per source; the dashed line is max_seq_len.",
+        _seq_len,
+        lambda s: None if s["overall"]["rows"] else "no rows",
+    ),
+    "tokens-per-source": Plot(
+        "Tokens per source",
+        "All positions of each source's rows, <image> tokens apart.",
+        _tokens_per_source,
+        lambda s: None if s["overall"]["tokens"]["total"]["sum"] else "no tokens",
+    ),
+    "images-per-sequence": Plot(
+        "Images per sequence, by source",
+        "Sequences by their number of images, per source.",
+        _images_per_sequence,
+        _no_images,
+    ),
+    "image-sizes": Plot(
+        "Original image sizes (all sources)",
+        "Original width and height of every image, quarter-octave bins, axes fitted to the data.",
+        _image_sizes,
+        lambda s: (
+            _no_images(s) or (None if "size_log_histogram" in s["overall"]["images"] else "not recorded")
+        ),
+    ),
+    "aspect-ratios": Plot(
+        "Aspect ratio, by source", "Width : height of the images, per source.", _aspect, _no_images
+    ),
+    "tile-grids": Plot(
+        "Tile grids chosen (all sources)",
+        "How many images got each tile grid (tiles across × down); grey: not a candidate grid.",
+        _grids,
+        _no_images,
+    ),
+    "tokens-per-image": Plot(
+        "<image> tokens per image (all sources)",
+        "Images by their number of <image> tokens; lines at the 50th, 90th and 99th percentiles.",
+        _tokens_per_image,
+        lambda s: (
+            _no_images(s) or (None if "tokens_per_image_counts" in s["overall"]["images"] else "not recorded")
+        ),
+    ),
+    "padding-waste": Plot(
+        "Padding waste of dynamic tiling, by source",
+        "Share of each image's tiled canvas that is padding, per source.",
+        _padding,
+        _no_images,
+    ),
+    "boxes-per-sequence": Plot(
+        "Grounding boxes per sequence, by source",
+        "Sequences with grounding boxes, by their number of boxes.",
+        _grounding,
+        _no_boxes,
+    ),
+    "box-area": Plot(
+        "Box area, by source",
+        "Grounding boxes by their area as a share of their image, per source.",
+        _box_area,
+        _no_boxes,
+    ),
+    "top-tokens": Plot(
+        "Most frequent ordinary text tokens (all sources)",
+        "The 20 most frequent ordinary text tokens (special ids left out); ␣ is a space, ⏎ a newline.",
+        _top_tokens,
+        lambda s: None if s["overall"]["text"]["top_tokens"] else "no text tokens",
+    ),
+    "rejects": Plot(
+        "Rejects by reason and source",
+        "Rejected records by reason, one colour per source.",
+        _rejects,
+        lambda s: None if s["rejects"]["total"] else "no rejects",
+    ),
+    "packed-tokens-per-row": Plot(
+        "Document tokens per packed row",
+        "Packed rows by the tokens of their documents; the rest of a row is pad.",
+        _packed_tokens,
+        _no_packing,
+    ),
+    "packed-tiles-per-row": Plot(
+        "Tiles per packed row",
+        "Packed rows by the image tiles they feed the vision tower.",
+        _packed_tiles,
+        _no_packing,
+    ),
+    "near-duplicate-distances": Plot(
+        "Hamming distance of near-duplicate candidates",
+        "Near-duplicate candidate images by the distance to their nearest candidate; dashed: the threshold "
+        "(at or below it, a later copy is dropped).",
+        _near_distances,
+        lambda s: (
+            None if (s.get("dedup") or {}).get("near_distance_histogram") else "no near-duplicate search"
+        ),
+    ),
 }
-"""Plot name → drawing function, in page order."""
+"""Plot name (the figure's id) → caption, drawing function and emptiness test, in page order."""
 
 
-def _png(draw: Callable[[Axes], None]) -> bytes:
-    """What `draw` puts on one axes, as PNG bytes (no timestamp: the same plot gives the same bytes)."""
-    figure, ax = plt.subplots(figsize=(5.2, 3.4), dpi=90)
+def _render(title: str, draw: Callable[[Axes], None]) -> tuple[bytes, dict[str, str]]:
+    """What `draw` puts on one axes, titled, as PNG bytes (no timestamp: the same plot gives the same bytes),
+    and the title and axis labels the axes end with."""
+    figure, ax = plt.subplots(figsize=(6.4, 3.8), dpi=100)
     try:
         draw(ax)
+        ax.set_title(title, fontsize=10)
+        labels = {"title": ax.get_title(), "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel()}
         figure.tight_layout()
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", metadata={"Software": None})
-        return buffer.getvalue()
+        return buffer.getvalue(), labels
     finally:
         plt.close(figure)
 
 
 def plot_png(name: str, stats: dict[str, Any]) -> bytes:
     """One named plot of `PLOTS` as PNG bytes."""
-    return _png(lambda ax: PLOTS[name](ax, stats))
+    return _render(PLOTS[name].title, lambda ax: PLOTS[name].draw(ax, stats))[0]
+
+
+def _figure(name: str, title: str, caption: str, draw: Callable[[Axes], None], empty: str | None) -> str:
+    """A `<figure>`: the plot with its title and axis labels as data attributes, or, when there is nothing to
+    draw, its title and "none" with the reason, never empty axes."""
+    if empty is not None:
+        return (
+            f'<figure id="{_esc(name)}" class="none" data-title="{_esc(title)}" data-empty="{_esc(empty)}">'
+            f'<figcaption><b>{_esc(title)}</b></figcaption><p class="none">none: {_esc(empty)}.</p></figure>'
+        )
+    png, labels = _render(title, draw)
+    attributes = " ".join(f'data-{key}="{_esc(value)}"' for key, value in labels.items())
+    encoded = base64.b64encode(png).decode("ascii")
+    return (
+        f'<figure id="{_esc(name)}" {attributes}>'
+        f'<img alt="{_esc(title)}" src="data:image/png;base64,{encoded}">'
+        f"<figcaption><b>{_esc(title)}.</b> {_esc(caption)}</figcaption></figure>"
+    )
+
+
+def _plots_html(stats: dict[str, Any]) -> list[str]:
+    return [
+        _figure(name, plot.title, plot.caption, lambda ax, plot=plot: plot.draw(ax, stats), plot.empty(stats))
+        for name, plot in PLOTS.items()
+    ]
 
 
 def _fmt(value: Any) -> str:
@@ -183,19 +486,29 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    head = "".join(f"<th>{html_escape.escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f'<td class="n">{_fmt(c)}</td>'
-            if isinstance(c, int | float) or c is None
+class _Number(str):
+    """A formatted number (a count with its share, ...): right-aligned like one."""
+
+    __slots__ = ()
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], total: Sequence[Any] | None = None) -> str:
+    """An HTML table, with a bold totals row when given; "none" instead of a table without rows."""
+    if not rows:
+        return '<p class="none">none</p>'
+
+    def cells(row: Sequence[Any]) -> str:
+        return "".join(
+            f'<td class="n">{_esc(_fmt(c))}</td>'
+            if isinstance(c, int | float | _Number) or c is None
             else f"<td>{_esc(c)}</td>"
             for c in row
         )
-        + "</tr>"
-        for row in rows
-    )
+
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = "".join(f"<tr>{cells(row)}</tr>" for row in rows)
+    if total is not None:
+        body += f'<tr class="total">{cells(total)}</tr>'
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -214,21 +527,14 @@ def _percent(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}"
 
 
-def _source_rows(stats: dict[str, Any]) -> list[list[Any]]:
-    return [
-        [
-            name,
-            s["read"],
-            s["written"],
-            s["rejected"],
-            s["rows"],
-            s["tokens"]["total"]["sum"],
-            _percent(s["tokens"]["image_share"]),
-            s["truncated"],
-            s["dropped"],
-        ]
-        for name, s in stats["sources"].items()
-    ]
+def _share(count: int, whole: int) -> _Number:
+    """`count (p %)` of `whole`; the share is left out when `whole` is 0."""
+    return _Number(f"{count:,} ({count / whole:.1%})" if whole else f"{count:,}")
+
+
+def _dropped_total(group: dict[str, Any]) -> int:
+    dropped = group.get("dropped")
+    return dropped["total"] if isinstance(dropped, dict) else dropped or 0  # an int in stats.json version 1
 
 
 _SOURCE_HEADER = (
@@ -236,45 +542,245 @@ _SOURCE_HEADER = (
     "read",
     "written",
     "rejected",
+    "of which dropped on purpose",
     "rows",
     "tokens",
     "image share",
     "truncated",
-    "dropped",
 )
-_DIST_KEYS = ("count", "sum", "mean", "min", "p50", "p90", "p99", "max")
 
 
-def _token_rows(group: dict[str, Any]) -> list[list[Any]]:
+def _source_row(name: str, read: int, written: int, rejected: int, dropped: int, group: dict) -> list[Any]:
     return [
-        [name, *(group["tokens"][name][k] for k in _DIST_KEYS)] for name in ("text", "image", "loss", "total")
+        name,
+        read,
+        _share(written, read),
+        _share(rejected, read),
+        _share(dropped, read),
+        group["rows"],
+        group["tokens"]["total"]["sum"],
+        _percent(group["tokens"]["image_share"]),
+        group["truncated"],
     ]
 
 
-def html(stats: dict[str, Any], validation: dict[str, Any] | None = None) -> str:
-    """The self-contained HTML report; with a `validation.json` dict, a forward-pass validation section."""
-    overall = stats["overall"]
+def _source_rows(stats: dict[str, Any]) -> list[list[Any]]:
+    return [
+        _source_row(name, s["read"], s["written"], s["rejected"], _dropped_total(s), s)
+        for name, s in stats["sources"].items()
+    ]
+
+
+def _totals_row(stats: dict[str, Any]) -> list[Any]:
+    sources = stats["sources"].values()
+    read = sum(s["read"] for s in sources)
+    return _source_row(
+        "all sources",
+        read,
+        sum(s["written"] for s in sources),
+        stats["rejects"]["total"],
+        _dropped_total(stats["overall"]),
+        stats["overall"],
+    )
+
+
+_DIST_KEYS = ("count", "sum", "mean", "min", "p50", "p90", "p99", "max")
+_TOKEN_NAMES = {
+    "total": "all positions (seq_len)",
+    "text": "non-image tokens",
+    "image": "<image> tokens",
+    "loss": "loss tokens",
+}
+_DEFINITIONS = (
+    ("all positions (seq_len)", "every position of a row: <image> tokens, text, special tokens and pad."),
+    (
+        "non-image tokens",
+        "the positions of a row that are no <image> token and no pad: bos, text, special tokens (roles, "
+        "grounding markup), eos.",
+    ),
+    (
+        "ordinary text tokens",
+        "non-image tokens whose id is no special id: the text itself (the top tokens, the byte-fallback "
+        "share and characters per token are over these).",
+    ),
+    ("loss tokens", "positions trained on: labels that are not -100, position 0 left out."),
+    (
+        "rejected",
+        "records that became a reject row, whatever the reason; of which dropped on purpose: sound samples "
+        "left out by the sequence budget (too_long, too_many_tiles), a filter, deduplication or "
+        "decontamination.",
+    ),
+)
+
+
+def _token_rows(group: dict[str, Any]) -> list[list[Any]]:
+    return [[label, *(group["tokens"][name][k] for k in _DIST_KEYS)] for name, label in _TOKEN_NAMES.items()]
+
+
+def _definitions_html() -> str:
+    items = "".join(f"<dt>{_esc(term)}</dt><dd>{_esc(meaning)}</dd>" for term, meaning in _DEFINITIONS)
+    return f'<dl class="definitions">{items}</dl>'
+
+
+def _run_html(stats: dict[str, Any], made: str | None, location: str | None) -> list[str]:
+    """The run header: when, what made the output, with which config, and where it is."""
+    run = stats.get("run") or {}
     output = stats["output"]
+    rows = [
+        ["report made", made],
+        ["output", location],
+        ["vl2prep version", run.get("version")],
+        ["code sha256", (run.get("source_sha256") or "–")[:16]],
+        ["config sha256", (run.get("config_sha256") or "–")[:16]],
+        ["model shape", f"{output['model_shape']} ({output['shape_fingerprint']})"],
+        ["tokenizer sha256", (output["tokenizer_sha256"] or "–")[:16]],
+        ["max_seq_len", output["max_seq_len"]],
+        ["packing", "on" if output["packing"] else "off"],
+    ]
+    parts = [_table(("run", ""), [row for row in rows if row[1] is not None])]
+    if run.get("config") is not None:
+        config = json.dumps(run["config"], indent=2, ensure_ascii=False, sort_keys=False)
+        parts.append(f"<details><summary>config as written</summary><pre>{_esc(config)}</pre></details>")
+    return parts
+
+
+def _rejects_html(stats: dict[str, Any]) -> list[str]:
+    """Rejects per source with their share of the source's records read, then all sources together."""
+    parts = []
+    for name, source in stats["sources"].items():
+        reasons = source["rejects"]["by_reason"]
+        if not reasons:
+            continue
+        parts += [
+            f"<h3>{_esc(name)}: {_share(source['rejected'], source['read'])} of {source['read']:,} read</h3>",
+            _table(
+                ("reason", "records", "% of read", "example key"),
+                [
+                    [
+                        r,
+                        v["count"],
+                        _percent(v["count"] / source["read"] if source["read"] else None),
+                        v["example_key"],
+                    ]
+                    for r, v in reasons.items()
+                ],
+            ),
+        ]
+    if not parts:
+        return ['<p class="none">none: every record read was written.</p>']
+    read = sum(s["read"] for s in stats["sources"].values())
+    rows = [
+        [r, v["count"], _percent(v["count"] / read if read else None), v["example_key"]]
+        for r, v in stats["rejects"]["by_reason"].items()
+    ]
+    return [*parts, "<h3>all sources</h3>", _table(("reason", "records", "% of read", "example key"), rows)]
+
+
+_DROPPED_HEADER = ("source", "over budget", "filtered", "duplicates", "contaminated", "total")
+_DROPPED_KEYS = ("over_budget", "filtered", "duplicates", "contaminated", "total")
+
+
+def _dropped_rows(stats: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    for name, source in stats["sources"].items():
+        dropped = source.get("dropped")
+        if isinstance(dropped, dict) and dropped["total"]:
+            rows.append([name, *(_share(dropped[key], source["read"]) for key in _DROPPED_KEYS)])
+    return rows
+
+
+def _packing_html(stats: dict[str, Any]) -> list[str]:
+    packing = stats.get("packing")
+    measured = stats["overall"].get("packing")
+    if not packing and not measured:
+        return []
+    parts = ["<h2>Packing</h2>"]
+    if packing:
+        header = ("source", "rows", "documents", "token fill", "tile fill")
+        rows = [
+            [name, e["rows"], e["documents"], _percent(e["token_fill"]), _percent(e["tile_fill"])]
+            for name, e in packing["sources"].items()
+            if e
+        ]
+        total = packing["total"] or {}
+        parts.append(
+            _table(
+                header,
+                rows,
+                [
+                    "all sources",
+                    total.get("rows"),
+                    total.get("documents"),
+                    _percent(total.get("token_fill")),
+                    _percent(total.get("tile_fill")),
+                ],
+            )
+        )
+    if measured:
+        parts.append(
+            f"<p>In the shards: {measured['rows']:,} packed rows holding {measured['documents']:,} "
+            f"documents; documents fill {_percent(measured['efficiency'])} of the rows' positions.</p>"
+        )
+    return parts
+
+
+def _curation_html(stats: dict[str, Any]) -> list[str]:
+    """Deduplication and decontamination, when the manifest records them."""
+    parts = []
+    dedup = stats.get("dedup")
+    if dedup:
+        thresholds = ", ".join(f"{v}" + (f" ({s})" if s else "") for s, v in dedup["near_distance"].items())
+        parts += [
+            "<h2>Deduplication</h2>",
+            f"<p>{_fmt(dedup['duplicates'])} duplicates dropped"
+            + (f"; near-duplicate threshold {_esc(thresholds)} bits" if thresholds else "")
+            + ".</p>",
+        ]
+    decontamination = stats.get("decontamination")
+    if decontamination is not None:
+        keys = sorted({k for v in decontamination.values() if isinstance(v, dict) for k in v})
+        rows = [
+            [name, *([value.get(k) for k in keys] if isinstance(value, dict) else [value])]
+            for name, value in decontamination.items()
+        ]
+        parts += [
+            "<h2>Decontamination</h2>",
+            _table(("evaluation set", *(keys or ["samples dropped"])), rows),
+        ]
+    return parts
+
+
+def html(
+    stats: dict[str, Any],
+    validation: dict[str, Any] | None = None,
+    made: str | None = None,
+    location: str | None = None,
+) -> str:
+    """The self-contained HTML report; with a `validation.json` dict, a forward-pass validation section.
+    `made` (when the report was made) and `location` (the output's) go into the run header."""
+    overall = stats["overall"]
     mixture = stats["mixture"]
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8"><title>vl2prep dataset report</title>',
         f"<style>{_CSS}</style></head><body>",
         "<h1>vl2prep dataset report</h1>",
-        f"<p>model shape <b>{_esc(output['model_shape'])}</b> ({_esc(output['shape_fingerprint'])}), "
-        f"max_seq_len {output['max_seq_len']}, packing {'on' if output['packing'] else 'off'}, "
-        f"tokenizer {_esc((output['tokenizer_sha256'] or '')[:16])}.</p>",
         *_problems_html(stats.get("problems"), "Files left out of these statistics"),
-        "<h2>Sources</h2>",
-        _table(_SOURCE_HEADER, _source_rows(stats)),
-        "<h2>Rejects</h2>",
-        _table(
-            ("reason", "count", "example key"),
-            [[r, v["count"], v["example_key"]] for r, v in stats["rejects"]["by_reason"].items()],
-        ),
-        "<h2>Tokens (overall, per row)</h2>",
+        '<h2 id="run">Run</h2>',
+        *_run_html(stats, made, location),
+        '<h2 id="sources">Sources</h2>',
+        "<p>Shares are of the records read.</p>",
+        _table(_SOURCE_HEADER, _source_rows(stats), _totals_row(stats)),
+        '<h2 id="rejects">Rejects</h2>',
+        *_rejects_html(stats),
+        '<h2 id="dropped">Dropped on purpose</h2>',
+        "<p>Sound samples left out by the sequence budget, a filter, deduplication or decontamination; "
+        "counted among the rejects above.</p>",
+        _table(_DROPPED_HEADER, _dropped_rows(stats)),
+        '<h2 id="tokens">Tokens (all sources, per row)</h2>',
         _table(("tokens", *_DIST_KEYS), _token_rows(overall)),
-        "<h2>Kinds</h2>",
+        _definitions_html(),
+        '<h2 id="kinds">Kinds</h2>',
         _table(
             ("kind", "rows", "samples", "tokens", "image share", "images", "padding waste"),
             [
@@ -290,17 +796,17 @@ def html(stats: dict[str, Any], validation: dict[str, Any] | None = None) -> str
                 for kind, g in stats["kinds"].items()
             ],
         ),
-        "<h2>Mixture</h2>",
+        '<h2 id="mixture">Mixture</h2>',
         _table(
             ("source", "sequences", "tokens", "share"),
             [
                 [name, m["sequences"], m["tokens"], _percent(m["token_share"])]
-                for name, m in stats["mixture"]["per_source"].items()
+                for name, m in mixture["per_source"].items()
             ],
         ),
-        f"<p>vision-language tokens {_fmt(mixture['vl_tokens'])}, text-only tokens "
+        f"<p>Tokens of sequences with images {_fmt(mixture['vl_tokens'])}, of text-only sequences "
         f"{_fmt(mixture['text_only_tokens'])}, ratio {_fmt(mixture['vl_to_text_only'])}.</p>",
-        "<h2>Images and text</h2>",
+        '<h2 id="images-and-text">Images and text</h2>',
         _table(
             ("measure", "value"),
             [
@@ -311,7 +817,8 @@ def html(stats: dict[str, Any], validation: dict[str, Any] | None = None) -> str
                     _percent(overall["images"]["padding_waste"]["share"]),
                 ],
                 ["grounding boxes", overall["grounding"]["boxes"]],
-                ["text tokens", overall["text"]["tokens"]],
+                ["ordinary text tokens (special ids left out)", overall["text"]["tokens"]],
+                ["distinct ordinary text tokens", overall["text"]["distinct_tokens"]],
                 ["byte-fallback share", _percent(overall["text"]["byte_fallback_share"])],
                 [
                     "sequences with special-token strings kept as text (occurrences)",
@@ -325,14 +832,11 @@ def html(stats: dict[str, Any], validation: dict[str, Any] | None = None) -> str
                 ],
             ],
         ),
-        "<h2>Plots</h2>",
+        *_packing_html(stats),
+        *_curation_html(stats),
+        '<h2 id="plots">Plots</h2>',
+        *_plots_html(stats),
     ]
-    for name in PLOTS:
-        encoded = base64.b64encode(plot_png(name, stats)).decode("ascii")
-        parts.append(
-            f'<figure id="{name}"><img alt="{name}" src="data:image/png;base64,{encoded}">'
-            f"<figcaption>{name}</figcaption></figure>"
-        )
     parts += _filters_html(stats)
     if validation is not None:
         parts += _validation_html(validation)
@@ -341,6 +845,15 @@ def html(stats: dict[str, Any], validation: dict[str, Any] | None = None) -> str
 
 
 _FILTER_HEADER = ("source", "quantity", "filters", "measured", "cut", "dropped by others", "min", "max")
+_FILTER_UNITS = {
+    "image_min_side": "smallest image side (px)",
+    "image_max_aspect_ratio": "largest long side / short side",
+    "image_max_pixels": "largest image (pixels)",
+    "text_chars": "text characters",
+    "text_tokens": "text tokens",
+    "padding_share": "largest padding share of a tiled canvas",
+    "box_min_area": "smallest box area (px²)",
+}
 
 
 def _filter_rows(stats: dict[str, Any]) -> list[list[Any]]:
@@ -363,10 +876,10 @@ def _filter_rows(stats: dict[str, Any]) -> list[list[Any]]:
 def filter_png(source: str, quantity: str, entry: dict[str, Any]) -> bytes:
     """The distribution of one filtered quantity of one source (a `stats.json` `filters` entry) as PNG bytes:
     all measured values, the part a filter on the quantity cut, and each threshold as a vertical line."""
-    return _png(lambda ax: _filtered(ax, source, quantity, entry))
+    return _render(f"{source}: {quantity}", lambda ax: _filtered(ax, quantity, entry))[0]
 
 
-def _filtered(ax: Axes, source: str, quantity: str, entry: dict[str, Any]) -> None:
+def _filtered(ax: Axes, quantity: str, entry: dict[str, Any]) -> None:
     histogram = entry["histogram"]
     edges = histogram["bin_edges"]
     logarithmic = edges[-1] > 1.0
@@ -374,6 +887,7 @@ def _filtered(ax: Axes, source: str, quantity: str, entry: dict[str, Any]) -> No
     widths = [b - a for a, b in zip(left, edges[1:], strict=True)]
     ax.bar(left, histogram["counts"], width=widths, align="edge", color="#4c72b0", label="measured")
     ax.bar(left, histogram["cut_counts"], width=widths, align="edge", color="#c44e52", label="cut")
+    thresholds = list(entry["filters"].values())
     for name, value in entry["filters"].items():
         ax.axvline(value, color="#222", linestyle="--", linewidth=1)
         ax.annotate(name, (value, 1), xycoords=("data", "axes fraction"), fontsize=7, rotation=90, va="top")
@@ -381,22 +895,33 @@ def _filtered(ax: Axes, source: str, quantity: str, entry: dict[str, Any]) -> No
         ax.set_xscale("log", base=2)
         used = [i for i, count in enumerate(histogram["counts"]) if count]
         if used:
-            ax.set_xlim(max(edges[max(used[0] - 1, 0)], 0.5), edges[min(used[-1] + 2, len(edges) - 1)])
-    ax.set_title(f"{source}: {quantity}")
+            low = max(edges[max(used[0] - 1, 0)], 0.5)
+            high = edges[min(used[-1] + 2, len(edges) - 1)]
+            # A threshold beyond the data stays inside the plot.
+            ax.set_xlim(
+                min([low, *(t / 1.25 for t in thresholds)]), max([high, *(t * 1.25 for t in thresholds)])
+            )
+    else:
+        ax.set_xlim(0, 1)
     ax.legend(fontsize=7)
+    _labels(ax, _FILTER_UNITS.get(quantity, quantity), "samples")
 
 
 def _filters_html(stats: dict[str, Any]) -> list[str]:
     if not stats.get("filters"):
         return []
-    parts = ["<h2>Filters</h2>", _table(_FILTER_HEADER, _filter_rows(stats))]
+    parts = ['<h2 id="filters">Filters</h2>', _table(_FILTER_HEADER, _filter_rows(stats))]
     for source, quantities in stats["filters"].items():
         for quantity, entry in quantities.items():
-            name = f"filter-{source}-{quantity}"
-            encoded = base64.b64encode(filter_png(source, quantity, entry)).decode("ascii")
             parts.append(
-                f'<figure id="{_esc(name)}"><img alt="{_esc(name)}" src="data:image/png;base64,{encoded}">'
-                f"<figcaption>{_esc(name)}</figcaption></figure>"
+                _figure(
+                    f"filter-{source}-{quantity}",
+                    f"{source}: {quantity}",
+                    "All measured values; red: the part a filter on this quantity cut; dashed: its "
+                    "thresholds.",
+                    lambda ax, quantity=quantity, entry=entry: _filtered(ax, quantity, entry),
+                    None if entry["measured"] else "nothing measured",
+                )
             )
     return parts
 
@@ -418,8 +943,8 @@ def markdown(stats: dict[str, Any], validation: dict[str, Any] | None = None) ->
             [
                 "# vl2prep dataset report",
                 *_problems_markdown(stats.get("problems"), "Files left out of these statistics"),
-                _md_table(_SOURCE_HEADER, _source_rows(stats)),
-                f"Rejects: {reasons}.",
+                _md_table(_SOURCE_HEADER, [*_source_rows(stats), _totals_row(stats)]),
+                f"Rejects: {reasons}. Shares are of the records read; tokens are all positions (seq_len).",
                 _md_table(("tokens", *_DIST_KEYS), _token_rows(overall)),
                 f"Images: {_fmt(images['count'])}, "
                 f"padding waste {_percent(images['padding_waste']['share'])}, "
@@ -441,21 +966,37 @@ def _validation_rows(validation: dict[str, Any]) -> list[list[Any]]:
 
 
 def _validation_html(validation: dict[str, Any]) -> list[str]:
-    """The forward-pass validation section (`validation.json`): checks, failures, losses, expert load."""
+    """The forward-pass validation section (`validation.json`): checks, failures, losses (only with real
+    weights: the loss of a random model says nothing about the data), expert load. A table without rows is
+    left out."""
     samples, loss = validation["samples"], validation["loss"]
-    return [
+    weights = validation["model"]["weights"]
+    if weights:
+        losses = f"Per-sample loss mean {_fmt(loss['mean'])}, max {_fmt(loss['max'])}."
+    else:
+        losses = (
+            "Random weights: no loss is shown, as that of an untrained model says nothing about the data."
+        )
+    parts = [
         '<h2 id="validation">Forward-pass validation</h2>',
-        f"<p>{samples['validated']} samples through model <b>{_esc(validation['model']['shape'])}</b> "
-        f"(weights {_esc(validation['model']['weights'] or 'random')}): {samples['failed']} failed. "
-        f"Per-sample loss mean {_fmt(loss['mean'])}, max {_fmt(loss['max'])}.</p>",
+        f"<p>{samples['validated']:,} samples through model <b>{_esc(validation['model']['shape'])}</b> "
+        f"(weights {_esc(weights or 'random')}): {samples['failed']:,} failed. {losses}</p>",
         *_problems_html(validation.get("problems"), "Rows that could not be validated"),
-        _table(("check", "passed", "failed"), _validation_rows(validation)),
-        _table(
+    ]
+    tables = [
+        ("Checks", ("check", "passed", "failed"), _validation_rows(validation)),
+        (
+            "Failures",
             ("sample_id", "check", "what"),
             [[f["sample_id"], f["check"], f["message"]] for f in validation["failures"]],
         ),
-        _table(("sample_id", "loss"), [[h["sample_id"], h["loss"]] for h in validation["highest_loss"]]),
-        _table(
+        (
+            "Highest losses",
+            ("sample_id", "loss"),
+            [[h["sample_id"], h["loss"]] for h in validation["highest_loss"]] if weights else [],
+        ),
+        (
+            "Expert load",
             ("MoE layer", "routed tokens", "imbalance (max/mean)", "tokens per expert"),
             [
                 [layer, e["assignments"], e["imbalance"], " ".join(map(str, e["tokens_per_expert"]))]
@@ -463,6 +1004,10 @@ def _validation_html(validation: dict[str, Any]) -> list[str]:
             ],
         ),
     ]
+    for title, header, rows in tables:
+        if rows:
+            parts += [f"<h3>{title}</h3>", _table(header, rows)]
+    return parts
 
 
 def _validation_markdown(validation: dict[str, Any]) -> str:

@@ -1,11 +1,13 @@
 """Dataset statistics as exact, mergeable partial aggregates over shard and reject rows.
 
 A `Partial` is computed from one batch of rows (`shard_partial`, `reject_partial`), partials are combined with
-`merge` (associative and commutative: every field is an integer, a `Counter` of integer keys, or the least
-example key), and `finalize` turns the merged partial and the output's manifest into the `stats.json` dict.
-No step needs all rows at once, and nothing is approximated: every distribution is a `Counter` of exact
-values (token counts, widths, grids) or of fixed integer bins (aspect ratios, padding waste, box areas), so
-merging in any order gives the same numbers.
+`merge` (associative and commutative: every field is an integer, a `Counter` of integer keys, an array of
+counts, or the least example key), and `finalize` turns the merged partial and the output's manifest into
+the `stats.json` dict. No step needs all rows at once, and nothing is approximated: every distribution is a
+`Counter` of exact values (token counts, widths, grids) or of fixed integer bins (aspect ratios, padding
+waste, box areas), and token ids are counted in an array over the vocabulary, so merging in any order gives
+the same numbers.
+`Partial.add` merges in place at the cost of the partial added alone, so a pass over n files is O(n).
 
 Rows are aggregated per *cell* = (row source, row kind) and the cells are merged into `overall`, one group
 per source and one per kind in `finalize`. A packed row has source and kind "packed"; its documents (with
@@ -32,24 +34,38 @@ Keys of `stats.json` (a `DIST` is {count, sum, mean, min, p50, p90, p99, max}; w
 and mean/min/percentiles/max are null; a `HIST` is {bin_edges, counts} with len(counts) == len(bin_edges) - 1,
 bin i holding values in [bin_edges[i], bin_edges[i + 1]), the last bin closed):
 
-- `vl2prep_stats`: the format version (1).
+- `vl2prep_stats`: the format version (2; 1 had `dropped` as one number, too_long rejects).
+- `run`: {version: the vl2prep version that made the output, source_sha256: its code's sha256, config_sha256,
+  config: the config as written} from the manifest (null where the manifest has none).
 - `output`: {model_shape, shape_fingerprint, tokenizer_sha256, max_seq_len, packing (bool)} from the manifest.
 - `overall`, `sources.<name>`, `kinds.<kind>`: a GROUP, below. Each `sources.<name>` also has `read` and
   `written` (records, from the manifest: shards do not know what was read) and `rejected` (reject rows).
 - GROUP:
   - `rows`: shard rows; `samples`: sequences that start a sample (part 0 or 1); `truncated`: rows whose text
-    was cut to fit (`truncated`); `dropped`: sequence rejects `too_long` (sources and overall only, else 0).
-  - `tokens`: {text, image, loss, total: DIST over rows of num_text_tokens, num_image_tokens,
-    num_loss_tokens, seq_len; `image_share`: image / total token sums (null when no tokens)}.
+    was cut to fit (`truncated`); `dropped` (sources and overall; null for kinds, which rejects do not
+    have): the sound samples left out on purpose, a subset of the rejects: {over_budget: rejects too_long
+    and too_many_tiles, filtered: stage filter, duplicates: stage dedup, contaminated: stage decontaminate,
+    total} (`DROPPED`).
+  - `tokens`: {text, image, loss, total: DIST over rows of num_text_tokens (every position that is no
+    image token and no pad: bos, text, special tokens, eos), num_image_tokens, num_loss_tokens, seq_len (all
+    positions); `image_share`: image / total token sums (null when no tokens)}. Not to be confused with
+    `text.tokens`, which counts ordinary text tokens only (special ids left out).
   - `seq_len`: {max_seq_len, over_max (rows longer than max_seq_len), histogram: HIST over rows, 32 equal
     integer bins from 0 to max_seq_len}.
   - `packing`: null without packed rows, else {rows, documents, document_tokens, slots (sum of seq_len of the
-    packed rows), efficiency = document_tokens / slots}.
+    packed rows), efficiency = document_tokens / slots, tokens_per_row: DIST + {histogram: HIST, 32 bins from
+    0 to max_seq_len} of the document tokens of each packed row, tiles_per_row: DIST + {histogram: HIST of
+    at most 40 integer bins from 0} of the tiles of each packed row: per image 1 + w·h of its grid (the
+    global view and the local tiles; a 1x1 grid without cropping is 2, its local tile repeating the global
+    view)}.
   - `images`: {count; per_sequence: {n images: sequences}; width_px, height_px: DIST; size_histogram:
     {bin_px: 128, max_px: 4096, counts: [[images with width bin i and height bin j]]}, sizes ≥ 4096 in the
-    last bin; aspect_ratio: HIST of log2(width / height) in steps of 0.25 from -3 to 3, outside values
-    clamped to the end bins; grids: {"WxH": images} with W, H = tiles across and down; tokens_per_image: DIST;
-    no_tiling: images in sequences of more than 2 images (their grid is 1x1 by the official rule);
+    last bin; size_log_histogram: {bins_per_octave: 4, cells: [[i, j, images with width in
+    [2^(i/4), 2^((i+1)/4)) px and height bin j]] for the non-empty cells, by (i, j)} (positive sizes only),
+    for a plot scaled to the data; aspect_ratio: HIST of log2(width / height) in steps of 0.25 from -3 to
+    3, outside values clamped to the end bins; grids: {"WxH": images} with W, H = tiles across and down;
+    tokens_per_image: DIST; tokens_per_image_counts: {tokens: images}; no_tiling: images in sequences of
+    more than 2 images (their grid is 1x1 by the official rule);
     padding_waste: {share: padded pixels / canvas pixels over all images (exact integers), histogram: HIST in
     percent, 1 % bins 0..100}}. A canvas is grid · tile size; the fit is `pipeline.tiling.contain_size`.
   - `grounding` (unpacked rows; a packed row's regions are not split by document): {sequences_with_regions,
@@ -82,6 +98,14 @@ bin i holding values in [bin_edges[i], bin_edges[i + 1]), the last bin closed):
   min, max, histogram: HIST of all measured values plus `cut_counts`, the cut samples per bin}. Bins are fixed
   per quantity (`FILTER_SCALES`): 1 % steps for `padding_share`, else steps of a fraction of an octave from 1
   (values below 1 in the first bin, values past the last edge in the last bin).
+- `packing`: null unless the manifest records packing, else {total: FILL, sources: {source: FILL}} with
+  FILL = {rows, documents, token_fill, tile_fill} as the manifest gives them (a flat manifest entry is the
+  total; `efficiency` stands for token_fill; null where absent).
+- `dedup`: null unless the manifest records deduplication, else {duplicates, near_distance_histogram: HIST
+  of the Hamming distances 0..64 between near-duplicate candidate images (bin i = distance i; null when
+  the manifest has no list of 65 counts), near_distance: {source: threshold} of the configured
+  `dedup.near_distance` values (key "" for one the manifest records itself)}.
+- `decontamination`: null, or the manifest's counts per evaluation set as recorded.
 - `problems`: [{path, message}] by path: files of the manifest whose statistics are left out because they
   cannot be read (truncated, not Parquet, missing) or hold rows that cannot be counted; empty for a sound
   output.
@@ -118,7 +142,7 @@ __all__ = [
     "shard_partial",
 ]
 
-STATS_VERSION = 1
+STATS_VERSION = 2
 SHARD_COLUMNS = (
     "source",
     "kind",
@@ -161,12 +185,23 @@ over [0, 1]."""
 SEQ_LEN_BINS = 32
 SIZE_BIN_PX = 128
 SIZE_MAX_PX = 4096
+SIZE_BINS_PER_OCTAVE = 4
 ASPECT_STEP = 0.25
 ASPECT_LIMIT = 3.0
 TOP_TOKENS = 20
 TEXT_SAMPLE_EVERY = 16
 NO_TILING_ABOVE = 2
 PERCENTILES = (50, 90, 99)
+COUNT_BINS = 40
+HAMMING_BITS = 64
+DROPPED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "over_budget": ((), ("too_long", "too_many_tiles")),
+    "filtered": (("filter",), ()),
+    "duplicates": (("dedup",), ()),
+    "contaminated": (("decontaminate",), ()),
+}
+"""The `dropped` counts: name → (reject stages, reject reasons) it counts. Samples that were sound but left
+out on purpose: over the sequence budget, cut by a filter, duplicates, overlapping an evaluation set."""
 
 Grid = tuple[int, int]
 
@@ -212,9 +247,13 @@ def context_for(
     )
 
 
-@dataclass
+@dataclass(eq=False)
 class Cell:
-    """Exact aggregates of the rows of one (source, kind); every field merges by addition."""
+    """Exact aggregates of the rows of one (source, kind); every field merges by addition (`add`).
+
+    Token counts are an array indexed by id over the model's vocabulary (`token_ids[i]`: occurrences of id
+    i), so that merging costs one vector addition whatever the number of distinct ids; ids outside it (only a
+    damaged file has them) are counted in `other_token_ids`. An empty array counts nothing."""
 
     rows: int = 0
     samples: int = 0
@@ -227,10 +266,13 @@ class Cell:
     packed_documents: int = 0
     packed_document_tokens: int = 0
     packed_slots: int = 0
+    packed_row_tokens: Counter = field(default_factory=Counter)
+    packed_row_tiles: Counter = field(default_factory=Counter)
     images_per_sequence: Counter = field(default_factory=Counter)
     width_px: Counter = field(default_factory=Counter)
     height_px: Counter = field(default_factory=Counter)
     size_bins: Counter = field(default_factory=Counter)
+    size_log_bins: Counter = field(default_factory=Counter)
     aspect_bins: Counter = field(default_factory=Counter)
     grids: Counter = field(default_factory=Counter)
     tokens_per_image: Counter = field(default_factory=Counter)
@@ -241,7 +283,8 @@ class Cell:
     refs_per_sequence: Counter = field(default_factory=Counter)
     boxes_per_sequence: Counter = field(default_factory=Counter)
     box_area_bins: Counter = field(default_factory=Counter)
-    token_ids: Counter = field(default_factory=Counter)
+    token_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    other_token_ids: Counter = field(default_factory=Counter)
     sampled_rows: int = 0
     sampled_tokens: int = 0
     sampled_chars: int = 0
@@ -249,15 +292,70 @@ class Cell:
     special_strings: int = 0
     ids_outside_vocabulary: int = 0
 
-    def __add__(self, other: Cell) -> Cell:
-        return Cell(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+    def add(self, other: Cell) -> Cell:
+        """Add `other`'s counts to this cell, in place (`other` is not modified nor shared); returns self."""
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(mine, Counter):
+                mine.update(theirs)
+            elif isinstance(mine, np.ndarray):
+                setattr(self, f.name, _add_counts(mine, theirs))
+            else:
+                setattr(self, f.name, mine + theirs)
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled sparse: a file's partial, sent back from a Ray task, holds a few thousand of ~10^5 ids, and
+        # under Ray's inline size it skips the object store.
+        state = dict(self.__dict__)
+        present = np.flatnonzero(self.token_ids)
+        state["token_ids"] = (self.token_ids.size, present, self.token_ids[present])
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        size, present, counts = state["token_ids"]
+        token_ids = np.zeros(size, np.int64)
+        token_ids[present] = counts
+        self.__dict__.update(state, token_ids=token_ids)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Cell):
+            return NotImplemented
+        return all(
+            _same_counts(getattr(self, f.name), getattr(other, f.name))
+            if f.name == "token_ids"
+            else getattr(self, f.name) == getattr(other, f.name)
+            for f in fields(self)
+        )
+
+
+def _add_counts(mine: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+    """`mine` + `theirs` (count arrays, the shorter one padded with zeros), in `mine`'s buffer when it is
+    long enough and writable (else a fresh copy: an array fetched from Ray's object store is read-only)."""
+    if theirs.size == 0:
+        return mine
+    if mine.size < theirs.size or not mine.flags.writeable:
+        grown = np.zeros(max(mine.size, theirs.size), np.int64)
+        grown[: mine.size] = mine
+        mine = grown
+    mine[: theirs.size] += theirs
+    return mine
+
+
+def _same_counts(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two count arrays count the same (trailing zeros do not count)."""
+    size = max(a.size, b.size)
+    return bool(np.array_equal(np.pad(a, (0, size - a.size)), np.pad(b, (0, size - b.size))))
 
 
 @dataclass
 class Partial:
     """A mergeable piece of the statistics: cells by (source, kind), sequences by (source, kind, has
     images), rejects by (source, stage, reason) with the least key per (source, reason), and the files left
-    out (path → why; the least message when two partials disagree)."""
+    out (path → why; the least message when two partials disagree).
+
+    `add` merges another partial into this one in place, at a cost that depends on the other partial only
+    (never on what was merged before), so a pass over n files merges in O(n); `merge` gives a new one."""
 
     cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
     sequences: Counter = field(default_factory=Counter)
@@ -268,32 +366,28 @@ class Partial:
     filter_extremes: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)
 
+    def add(self, other: Partial) -> Partial:
+        """Add `other`'s rows to this partial, in place (`other` is not modified nor shared); returns self."""
+        for key, cell in other.cells.items():
+            self.cells.setdefault(key, Cell()).add(cell)
+        self.sequences.update(other.sequences)
+        self.sequence_tokens.update(other.sequence_tokens)
+        self.rejects.update(other.rejects)
+        self.filter_bins.update(other.filter_bins)
+        for key, example in other.reject_examples.items():
+            self.reject_examples[key] = min(self.reject_examples.get(key, example), example)
+        for key, (low, high) in other.filter_extremes.items():
+            old_low, old_high = self.filter_extremes.get(key, (low, high))
+            self.filter_extremes[key] = (min(old_low, low), max(old_high, high))
+        for path, message in other.problems.items():
+            self.problems[path] = min(self.problems.get(path, message), message)
+        return self
+
 
 def merge(a: Partial, b: Partial) -> Partial:
-    """The partial of both inputs' rows; associative and commutative. The inputs are not modified."""
-    cells = dict(a.cells)
-    for key, cell in b.cells.items():
-        cells[key] = cells[key] + cell if key in cells else cell
-    examples = dict(a.reject_examples)
-    for key, example in b.reject_examples.items():
-        examples[key] = min(examples.get(key, example), example)
-    extremes = dict(a.filter_extremes)
-    for key, (low, high) in b.filter_extremes.items():
-        old_low, old_high = extremes.get(key, (low, high))
-        extremes[key] = (min(old_low, low), max(old_high, high))
-    problems = dict(a.problems)
-    for path, message in b.problems.items():
-        problems[path] = min(problems.get(path, message), message)
-    return Partial(
-        cells=cells,
-        sequences=a.sequences + b.sequences,
-        sequence_tokens=a.sequence_tokens + b.sequence_tokens,
-        rejects=a.rejects + b.rejects,
-        reject_examples=examples,
-        filter_bins=a.filter_bins + b.filter_bins,
-        filter_extremes=extremes,
-        problems=problems,
-    )
+    """The partial of both inputs' rows; associative and commutative. The inputs are not modified (to merge
+    many partials, `Partial.add` them into one: `merge` copies `a`)."""
+    return Partial().add(a).add(b)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -313,25 +407,24 @@ def _count(values: np.ndarray) -> Counter:
     return Counter(dict(zip(keys.tolist(), counts.tolist(), strict=True)))
 
 
-def _count_runs(values: np.ndarray) -> Counter:
-    """Counter of the integer values of a 1-D array, counted run by run: the same as `_count`, but cheaper
-    on long runs of equal values (token ids: an image's tokens are one run)."""
+def _token_counts(values: np.ndarray, bound: int) -> tuple[np.ndarray, Counter]:
+    """Occurrences of the ids in a 1-D array: an array over [0, bound) (length `bound`) and a Counter of the
+    ids outside it. Counted run by run: an image's tokens are one run of the same id."""
     if values.size == 0:
-        return Counter()
+        return np.zeros(bound, np.int64), Counter()
     change = np.empty(values.size, bool)
     change[0] = True
     np.not_equal(values[1:], values[:-1], out=change[1:])
     starts = np.flatnonzero(change)
-    run_values = values[starts]
+    run_values = values[starts].astype(np.int64)
     run_lengths = np.diff(np.append(starts, values.size))
-    low = int(run_values.min())
-    if int(run_values.max()) - low < 4 * run_values.size + 2**16:
-        counts = np.bincount(run_values - low, weights=run_lengths).astype(np.int64)  # exact below 2**53
-        keys = np.flatnonzero(counts)
-        return Counter(dict(zip((keys + low).tolist(), counts[keys].tolist(), strict=True)))
-    keys, inverse = np.unique(run_values, return_inverse=True)
-    counts = np.bincount(inverse, weights=run_lengths).astype(np.int64)
-    return Counter(dict(zip(keys.tolist(), counts.tolist(), strict=True)))
+    inside = (run_values >= 0) & (run_values < bound)
+    counts = np.bincount(run_values[inside], weights=run_lengths[inside], minlength=bound)
+    others: Counter = Counter()
+    if not inside.all():  # a damaged file: ids that are no array index
+        for value, length in zip(run_values[~inside].tolist(), run_lengths[~inside].tolist(), strict=True):
+            others[value] += length
+    return counts.astype(np.int64), others  # exact: a batch holds far fewer than 2**53 ids
 
 
 def _count_pairs(first: np.ndarray, second: np.ndarray) -> Counter:
@@ -416,6 +509,8 @@ def shard_partial(
     )
     documents, document_row = _list(table.column("documents"))
     doc_count = np.bincount(document_row, minlength=n)
+    doc_lengths = _numpy(_field(documents, "seq_len")).astype(np.int64) if len(documents) else np.zeros(0)
+    row_document_tokens = np.bincount(document_row, weights=doc_lengths, minlength=n).astype(np.int64)
     # Within a row, a segment is a sequence when its index is below the row's document count (unpacked: 1).
     segment_index = np.arange(starts.size) - np.searchsorted(segment_row, segment_row, side="left")
     is_sequence = segment_index < np.where(packed, doc_count, 1)[segment_row]
@@ -453,18 +548,14 @@ def shard_partial(
     tiled = sized & (grid > 0).all(axis=1)
     width_or_1, height_or_1 = np.where(sized, width, 1), np.where(sized, height, 1)
     grid_or_1 = np.where(tiled[:, None], grid, 1)
-    canvas_w, canvas_h = grid_or_1[:, 0] * context.tile_px, grid_or_1[:, 1] * context.tile_px
-    wider = width_or_1 * canvas_h > height_or_1 * canvas_w
-    taller = width_or_1 * canvas_h < height_or_1 * canvas_w
-    fit_w = np.where(taller, np.round(width_or_1 / height_or_1 * canvas_h), canvas_w).astype(np.int64)
-    fit_h = np.where(wider, np.round(height_or_1 / width_or_1 * canvas_w), canvas_h).astype(np.int64)
-    canvas_area = canvas_w * canvas_h
-    padding = canvas_area - fit_w * fit_h
+    canvas_area, padding = tiling.padded_pixels(width_or_1, height_or_1, grid_or_1, context.tile_px)
     aspect_bin = np.clip(
         np.floor(np.log2(width_or_1 / height_or_1) / ASPECT_STEP), -ASPECT_LIMIT / ASPECT_STEP, None
     )
     aspect_bin = np.minimum(aspect_bin, ASPECT_LIMIT / ASPECT_STEP - 1).astype(np.int64)
     size_bins = SIZE_MAX_PX // SIZE_BIN_PX
+    size_log_bin = np.floor(np.log2(np.stack([width_or_1, height_or_1], axis=1)) * SIZE_BINS_PER_OCTAVE)
+    size_log_bin = size_log_bin.astype(np.int64)
     tokens_by_grid = np.zeros(
         (
             1 + max(w for w, _ in context.image_tokens_by_grid),
@@ -478,6 +569,10 @@ def shard_partial(
     grid_in_table = np.where(in_table[:, None], grid, 0)
     grid_tokens = tokens_by_grid[grid_in_table[:, 0], grid_in_table[:, 1]]
     known_grid = grid_tokens > 0  # one of the shape's tile grids (or 1x1)
+    # Tiles a row feeds the vision tower: per image the global view and w·h local tiles (a 1x1 grid without
+    # cropping repeats the global view as its local tile: 2, as the official processor makes it).
+    image_tiles = 1 + np.clip(grid[:, 0], 0, None) * np.clip(grid[:, 1], 0, None)
+    row_tiles = np.bincount(image_row, weights=image_tiles, minlength=n).astype(np.int64)
 
     # Regions: boxes per region, box areas against their image.
     regions, region_row = _list(table.column("regions"))
@@ -510,6 +605,8 @@ def shard_partial(
         outside = np.flatnonzero((ids < 0) | (ids >= vocab))
         outside_rows = np.bincount(np.searchsorted(id_start, outside, side="right") - 1, minlength=n)
     decodable = context.piece_count if context.piece_count is not None else context.vocab_size
+    token_bound = vocab if vocab is not None else 0  # without a vocabulary every id is counted in a Counter
+    special_in_bound = [i for i in context.special_ids if 0 <= i < token_bound]
 
     refs = np.bincount(region_row, minlength=n)
     boxes_per_row = np.bincount(box_row, minlength=n)
@@ -529,6 +626,8 @@ def shard_partial(
             packed_documents=int(doc_count[rows_in].sum()),
             packed_document_tokens=int(seq_tokens[sequence_in & packed_sequence].sum()),
             packed_slots=int(seq_len[rows_in & packed].sum()),
+            packed_row_tokens=_count(row_document_tokens[rows_in & packed]),
+            packed_row_tiles=_count(row_tiles[rows_in & packed]),
             images_per_sequence=_count(sequence_images[sequence_in]),
             width_px=_count(width[image_in]),
             height_px=_count(height[image_in]),
@@ -536,6 +635,7 @@ def shard_partial(
                 np.minimum(width[image_in] // SIZE_BIN_PX, size_bins - 1),
                 np.minimum(height[image_in] // SIZE_BIN_PX, size_bins - 1),
             ),
+            size_log_bins=_count_pairs(size_log_bin[image_in & sized, 0], size_log_bin[image_in & sized, 1]),
             aspect_bins=_count(aspect_bin[image_in & sized]),
             grids=_count_pairs(grid[image_in, 0], grid[image_in, 1]),
             tokens_per_image=_count(grid_tokens[image_in & known_grid]),
@@ -546,13 +646,16 @@ def shard_partial(
             refs_per_sequence=_count(refs[rows_in & ~packed]),
             boxes_per_sequence=_count(boxes_per_row[rows_in & ~packed]),
             box_area_bins=_count(box_percent[box_in & measured_box]),
-            token_ids=_count_runs(ids if rows_in.all() else ids[np.repeat(rows_in, ids_per_row)]),
             special_string_sequences=int(((seq_special > 0) & sequence_in).sum()),
             special_strings=int(seq_special[sequence_in].sum()),
             ids_outside_vocabulary=int(outside_rows[rows_in].sum()),
         )
+        cell.token_ids, cell.other_token_ids = _token_counts(
+            ids if rows_in.all() else ids[np.repeat(rows_in, ids_per_row)], token_bound
+        )
+        cell.token_ids[special_in_bound] = 0
         for special in context.special_ids:
-            cell.token_ids.pop(special, None)
+            cell.other_token_ids.pop(special, None)
         sample = np.flatnonzero(rows_in & sampled)
         sample_ids = np.concatenate([ids[:0], *(ids[id_start[row] : id_start[row + 1]] for row in sample)])
         sample_ordinary = ~np.isin(sample_ids, special_ids) & (sample_ids >= 0)
@@ -663,24 +766,63 @@ def _by_value(values: Counter) -> dict[str, int]:
     return {str(value): values[value] for value in sorted(values)}
 
 
+def _top(cell: Cell) -> list[tuple[int, int]]:
+    """The `TOP_TOKENS` most frequent ids of a cell as (id, count), ties by id."""
+    counted = cell.token_ids
+    ids = np.flatnonzero(counted)
+    order = np.lexsort((ids, -counted[ids]))[:TOP_TOKENS]
+    pairs = [(int(i), int(counted[i])) for i in ids[order]] + list(cell.other_token_ids.items())
+    return sorted(pairs, key=lambda item: (-item[1], item[0]))[:TOP_TOKENS]
+
+
+def _binned(values: Counter, edges: list[int]) -> dict[str, Any]:
+    """HIST of counted integer values over increasing integer edges, the last bin closed; values outside
+    [edges[0], edges[-1]] are left out."""
+    bins: Counter = Counter()
+    for value, times in values.items():
+        if edges[0] <= value <= edges[-1]:
+            bins[min(int(np.searchsorted(edges, value, side="right")) - 1, len(edges) - 2)] += times
+    return _histogram(bins, edges)
+
+
+def _per_row(values: Counter, edges: list[int]) -> dict[str, Any]:
+    return {**distribution(values), "histogram": _binned(values, edges)}
+
+
+def _count_edges(values: Counter) -> list[int]:
+    """Integer bin edges from 0 past the largest value, at most `COUNT_BINS` bins of equal integer width."""
+    top = max(values, default=0) + 1
+    step = -(-top // COUNT_BINS)
+    return list(range(0, step * -(-top // step) + 1, step))
+
+
+def _dropped(rejects: Mapping[tuple[str, str, str], int]) -> dict[str, int]:
+    """The `dropped` counts of reject rows by (source, stage, reason)."""
+    counts = dict.fromkeys(DROPPED, 0)
+    for (_, stage, reason), count in rejects.items():
+        for name, (stages, reasons) in DROPPED.items():
+            if stage in stages or reason in reasons:
+                counts[name] += count
+    return {**counts, "total": sum(counts.values())}
+
+
 def _group(
-    cell: Cell, context: Context, token_text: Callable[[int], str | None] | None, dropped: int
+    cell: Cell,
+    context: Context,
+    token_text: Callable[[int], str | None] | None,
+    dropped: dict[str, int] | None,
 ) -> dict[str, Any]:
     tokens = {name: distribution(getattr(cell, f"{name}_tokens")) for name in ("text", "image", "loss")}
     tokens["total"] = distribution(cell.seq_len)
     total = tokens["total"]["sum"]
     max_len = context.max_seq_len
     edges = [i * max_len // SEQ_LEN_BINS for i in range(SEQ_LEN_BINS + 1)]
-    seq_bins: Counter = Counter()
-    for value, times in cell.seq_len.items():
-        if value <= max_len:
-            seq_bins[min(int(np.searchsorted(edges, value, side="right")) - 1, SEQ_LEN_BINS - 1)] += times
     size_bins = SIZE_MAX_PX // SIZE_BIN_PX
     aspect_low = int(-ASPECT_LIMIT / ASPECT_STEP)
     images = sum(cell.width_px.values())
-    text_count = sum(cell.token_ids.values())
+    counted = cell.token_ids
+    text_count = int(counted.sum()) + sum(cell.other_token_ids.values())
     byte_ids = context.byte_fallback_ids
-    top = sorted(cell.token_ids.items(), key=lambda item: (-item[1], item[0]))[:TOP_TOKENS]
     return {
         "rows": cell.rows,
         "samples": cell.samples,
@@ -690,7 +832,7 @@ def _group(
         "seq_len": {
             "max_seq_len": max_len,
             "over_max": sum(times for value, times in cell.seq_len.items() if value > max_len),
-            "histogram": _histogram(seq_bins, edges),
+            "histogram": _binned(cell.seq_len, edges),
         },
         "packing": (
             {
@@ -699,6 +841,8 @@ def _group(
                 "document_tokens": cell.packed_document_tokens,
                 "slots": cell.packed_slots,
                 "efficiency": cell.packed_document_tokens / cell.packed_slots,
+                "tokens_per_row": _per_row(cell.packed_row_tokens, edges),
+                "tiles_per_row": _per_row(cell.packed_row_tiles, _count_edges(cell.packed_row_tiles)),
             }
             if cell.packed_rows
             else None
@@ -715,6 +859,10 @@ def _group(
                     [cell.size_bins.get((i, j), 0) for j in range(size_bins)] for i in range(size_bins)
                 ],
             },
+            "size_log_histogram": {
+                "bins_per_octave": SIZE_BINS_PER_OCTAVE,
+                "cells": [[i, j, cell.size_log_bins[(i, j)]] for i, j in sorted(cell.size_log_bins)],
+            },
             "aspect_ratio": _histogram(
                 cell.aspect_bins,
                 [i * ASPECT_STEP for i in range(aspect_low, -aspect_low + 1)],
@@ -722,6 +870,7 @@ def _group(
             ),
             "grids": {f"{w}x{h}": cell.grids[(w, h)] for w, h in sorted(cell.grids)},
             "tokens_per_image": distribution(cell.tokens_per_image),
+            "tokens_per_image_counts": _by_value(cell.tokens_per_image),
             "no_tiling": cell.no_tiling,
             "padding_waste": {
                 "share": cell.padding_px / cell.canvas_px if cell.canvas_px else None,
@@ -737,12 +886,13 @@ def _group(
         },
         "text": {
             "tokens": text_count,
-            "distinct_tokens": len(cell.token_ids),
+            "distinct_tokens": int(np.count_nonzero(counted)) + len(cell.other_token_ids),
             "top_tokens": [
-                {"id": i, "text": token_text(i) if token_text else None, "count": c} for i, c in top
+                {"id": i, "text": token_text(i) if token_text else None, "count": c} for i, c in _top(cell)
             ],
             "byte_fallback_share": (
-                sum(cell.token_ids.get(i, 0) for i in byte_ids) / text_count
+                sum(int(counted[i]) if 0 <= i < counted.size else cell.other_token_ids[i] for i in byte_ids)
+                / text_count
                 if byte_ids is not None and text_count
                 else None
             ),
@@ -787,7 +937,7 @@ def _files(entries: list[dict[str, Any]]) -> dict[str, Any]:
 def _sum_cells(cells: Iterable[Cell]) -> Cell:
     total = Cell()
     for cell in cells:
-        total = total + cell
+        total.add(cell)
     return total
 
 
@@ -804,10 +954,6 @@ def finalize(
     manifest_sources = manifest.get("sources", {})
     names = sorted({*manifest_sources, *(s for s, _ in cells), *(s for s, _, _ in partial.rejects)})
     kinds = sorted({k for _, k in cells})
-    too_long: Counter = Counter()
-    for (source, _, reason), count in partial.rejects.items():
-        if reason == "too_long":
-            too_long[source] += count
 
     sources = {}
     for name in names:
@@ -819,7 +965,7 @@ def finalize(
             "written": manifest_sources.get(name, {}).get("written", 0),
             "rejected": rejects["total"],
             "rejects": rejects,
-            **_group(cell, context, token_text, too_long[name]),
+            **_group(cell, context, token_text, _dropped(counts)),
         }
 
     tokens_by_source: Counter = Counter()
@@ -839,6 +985,12 @@ def finalize(
     shard_sources = sorted({e["source"] for e in shard_entries})
     return {
         "vl2prep_stats": STATS_VERSION,
+        "run": {
+            "version": (manifest.get("code") or {}).get("version"),
+            "source_sha256": (manifest.get("code") or {}).get("source_sha256"),
+            "config_sha256": manifest.get("config_sha256"),
+            "config": manifest.get("config"),
+        },
         "output": {
             "model_shape": manifest.get("model_shape", {}).get("name"),
             "shape_fingerprint": manifest.get("model_shape", {}).get("fingerprint"),
@@ -846,10 +998,10 @@ def finalize(
             "max_seq_len": context.max_seq_len,
             "packing": bool(manifest.get("packing")),
         },
-        "overall": _group(_sum_cells(cells.values()), context, token_text, sum(too_long.values())),
+        "overall": _group(_sum_cells(cells.values()), context, token_text, _dropped(partial.rejects)),
         "sources": sources,
         "kinds": {
-            kind: _group(_sum_cells(c for (_, k), c in cells.items() if k == kind), context, token_text, 0)
+            kind: _group(_sum_cells(c for (_, k), c in cells.items() if k == kind), context, token_text, None)
             for kind in kinds
         },
         "rejects": _rejects(partial.rejects, partial.reject_examples),
@@ -875,8 +1027,64 @@ def finalize(
         },
         "candidate_grids": [list(g) for g in context.candidate_grids],
         "filters": _filters(partial, manifest),
+        "packing": _manifest_packing(manifest.get("packing")),
+        "dedup": _manifest_dedup(manifest),
+        "decontamination": _manifest_decontamination(manifest.get("decontamination")),
         "problems": [{"path": path, "message": partial.problems[path]} for path in sorted(partial.problems)],
     }
+
+
+_FILL_KEYS = ("rows", "documents", "token_fill", "tile_fill")
+
+
+def _fill(entry: Any) -> dict[str, Any] | None:
+    if not isinstance(entry, Mapping):
+        return None
+    values = {key: entry.get(key) for key in _FILL_KEYS}
+    if values["token_fill"] is None:  # manifests before tile budgets named it efficiency
+        values["token_fill"] = entry.get("efficiency")
+    return values
+
+
+def _manifest_packing(packing: Any) -> dict[str, Any] | None:
+    """`packing`: the manifest's packing figures, total and per source (see the module docstring)."""
+    if not isinstance(packing, Mapping):
+        return None
+    per_source = packing.get("sources") or packing.get("per_source") or {}
+    return {
+        "total": _fill(packing.get("total", packing)),
+        "sources": {name: _fill(entry) for name, entry in sorted(per_source.items())},
+    }
+
+
+def _manifest_dedup(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
+    """`dedup`: duplicates, the near-duplicate distance histogram and the configured thresholds."""
+    dedup = manifest.get("dedup")
+    if not isinstance(dedup, Mapping):
+        return None
+    histogram = dedup.get("near_distance_histogram")
+    sound = isinstance(histogram, list) and len(histogram) == HAMMING_BITS + 1
+    thresholds = {}
+    for source in (manifest.get("config") or {}).get("sources") or []:
+        chosen = source.get("dedup") if isinstance(source, Mapping) else None
+        if isinstance(chosen, Mapping) and isinstance(chosen.get("near_distance"), int | float):
+            thresholds[str(source.get("name"))] = chosen["near_distance"]
+    if isinstance(dedup.get("near_distance"), int | float):
+        thresholds = {"": dedup["near_distance"]} | thresholds
+    return {
+        "duplicates": dedup.get("duplicates"),
+        "near_distance_histogram": (
+            {"bin_edges": list(range(HAMMING_BITS + 2)), "counts": [int(c) for c in histogram]}
+            if sound
+            else None
+        ),
+        "near_distance": thresholds,
+    }
+
+
+def _manifest_decontamination(counts: Any) -> dict[str, Any] | None:
+    """`decontamination`: the manifest's counts per evaluation set, as recorded."""
+    return dict(sorted(counts.items())) if isinstance(counts, Mapping) else None
 
 
 def _filters(partial: Partial, manifest: Mapping[str, Any]) -> dict[str, Any]:

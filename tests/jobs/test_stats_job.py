@@ -112,6 +112,16 @@ def test_a_shard_of_schema_1_is_read_without_the_newer_column(tmp_path):
 # damaged files: left out whole and named, never an exception (the job's exit code: test_damaged_outputs)
 
 
+def listed(out: Path, source: str | None) -> str:
+    """The one shard file of `source` that the output's manifest lists (None: its reject file)."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    if source is None:
+        (entry,) = manifest["rejects"]
+    else:
+        (entry,) = [e for e in manifest["shards"] if e["source"] == source]
+    return entry["path"]
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -123,10 +133,7 @@ def test_a_shard_of_schema_1_is_read_without_the_newer_column(tmp_path):
 def test_a_file_that_cannot_be_read_is_a_problem(tmp_path, damage, message):
     out = small_output(tmp_path)
     context = stats.context_for(model_shapes.load("toy"), 4096, None)
-    for relative, what in (
-        ("shards/chat/part-00000.parquet", "shard"),
-        ("rejects/part-00000.parquet", "reject"),
-    ):
+    for relative, what in ((listed(out, "chat"), "shard"), (listed(out, None), "reject")):
         damage(out / relative)
         partial = stats_job.file_partial(str(out), relative, what, context)
         assert partial.cells == {} and not partial.rejects
@@ -136,7 +143,7 @@ def test_a_file_that_cannot_be_read_is_a_problem(tmp_path, damage, message):
 def test_rows_that_cannot_be_counted_leave_their_file_out(tmp_path):
     """Two grids for one image: the statistics cannot pair them, so nothing of the file is counted."""
     out = small_output(tmp_path)
-    shard = "shards/pics/part-00000.parquet"
+    shard = listed(out, "pics")
     rewrite_row(out, shard, 1, lambda row: row["images_spatial_crop"].append([1, 1]))
     context = stats.context_for(model_shapes.load("toy"), 4096, None)
     partial = stats_job.file_partial(str(out), shard, "shard", context)
@@ -146,9 +153,36 @@ def test_rows_that_cannot_be_counted_leave_their_file_out(tmp_path):
 
 def test_a_parquet_file_that_is_not_a_shard_is_left_out(tmp_path):
     out = small_output(tmp_path)
-    shard = "shards/chat/part-00000.parquet"
+    shard = listed(out, "chat")
     pq.write_table(pa.table({"x": [1, 2]}), out / shard)
     context = stats.context_for(model_shapes.load("toy"), 4096, None)
     partial = stats_job.file_partial(str(out), shard, "shard", context)
     assert partial.cells == {}
     assert partial.problems[shard].startswith("rows 0-1 cannot be counted: ")
+
+
+@pytest.mark.timeout(180)
+def test_many_files_are_gathered_through_a_bounded_window(ray_session, tmp_path, monkeypatch):
+    """The driver used to submit every file at once and `ray.wait` for one result at a time over all of
+    them (quadratic in the number of files); now each wait sees a bounded window and returns several."""
+    out = small_output(tmp_path)
+    shape = model_shapes.load("toy")
+    context = stats.context_for(shape, 4096, None)
+    files = [(listed(out, "chat"), "shard")] * 20 + [(listed(out, None), "reject")] * 3
+    expected = stats.Partial()
+    for path, what in files:
+        expected.add(stats_job.file_partial(str(out), path, what, context))
+
+    waits = []
+    real_wait = ray_session.wait
+
+    def wait(pending, num_returns=1, **options):
+        waits.append((len(pending), num_returns))
+        return real_wait(pending, num_returns=num_returns, **options)
+
+    monkeypatch.setattr(stats_job, "IN_FLIGHT_PER_CPU", 1)  # the least window: 8 tasks
+    monkeypatch.setattr(ray_session, "wait", wait)
+    merged = stats_job._partials(str(out), files, context, None, shape, None, None)
+    assert merged == expected and merged.cells[("chat", "text")].rows == 20 * 5
+    assert max(size for size, _ in waits) == 8 and all(n == min(size, 2) for size, n in waits)
+    assert len(waits) <= len(files) // 2 + 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import pickle
 import warnings
 from collections import Counter
 
@@ -408,3 +409,104 @@ def test_files_left_out_are_listed_as_problems():
         {"path": "shards/b.parquet", "message": "cannot be read: truncated"},
     ]
     assert stats.finalize(stats.Partial(), CONTEXT, manifest_for({}))["problems"] == []
+
+
+# ------------------------------------------------------------------------------------------------
+# merging in place, token counts as arrays
+
+
+def test_token_counts_are_an_array_merged_in_place_without_sharing():
+    """A merge used to copy the whole token Counter of everything merged so far (quadratic over files)."""
+    first = stats.shard_partial(shard_schema.to_table(synthetic_rows(8, 20)), CONTEXT)
+    second = stats.shard_partial(shard_schema.to_table(synthetic_rows(9, 20)), CONTEXT)
+    key = ("web", "caption")
+    assert first.cells[key].token_ids.shape == (SHAPE.language.vocab_size,)
+    expected = stats.merge(first, second)
+    kept = copy.deepcopy(second)
+
+    merged = stats.Partial().add(first)
+    array = merged.cells[key].token_ids
+    assert array is not first.cells[key].token_ids  # adopted as a copy: `first` stays its own
+    assert merged.add(second) is merged and merged.cells[key].token_ids is array  # added in place
+    assert merged == expected and second == kept and first != merged
+
+    # Partials come back from Ray tasks pickled (sparse: a few KB, not the vocabulary) and read-only.
+    received = pickle.loads(pickle.dumps(second))
+    assert received == second and len(pickle.dumps(second)) < 64 * 1024
+    for cell in received.cells.values():
+        cell.token_ids.flags.writeable = False
+    assert stats.Partial().add(first).add(received) == expected
+    assert stats.Partial().add(received).add(first) == expected
+
+
+def test_packed_rows_count_tokens_and_tiles_per_row():
+    rows = [row for row in synthetic_rows(10, 16) if row["seq_len"] <= 4096]
+    for row in rows:
+        row["input_ids"] = np.array(row["input_ids"], dtype=np.int32)
+        row["labels"] = np.array(row["labels"], dtype=np.int32)
+    packer = packing.Packer(4096, SPECIAL.pad)
+    packed = [made for row in rows for made in packer.add(row)] + packer.flush()
+    table = shard_schema.to_table(packed)
+    group = whole(table, manifest_for({"packed": table}))["overall"]["packing"]
+    tokens = [sum(d["seq_len"] for d in row["documents"]) for row in table.to_pylist()]
+    tiles = [sum(1 + w * h for w, h in row["images_spatial_crop"]) for row in table.to_pylist()]
+    assert group["tokens_per_row"]["sum"] == sum(tokens) == group["document_tokens"]
+    assert (group["tokens_per_row"]["min"], group["tokens_per_row"]["max"]) == (min(tokens), max(tokens))
+    assert group["tiles_per_row"]["sum"] == sum(tiles) and group["tiles_per_row"]["max"] == max(tiles)
+    for name, values in (("tokens_per_row", tokens), ("tiles_per_row", tiles)):
+        histogram = group[name]["histogram"]
+        assert histogram["counts"] == np.histogram(values, bins=histogram["bin_edges"])[0].tolist()
+    assert len(group["tiles_per_row"]["histogram"]["counts"]) <= stats.COUNT_BINS
+    assert whole(table, manifest_for({"packed": table}))["sources"]["packed"]["packing"] == group
+
+
+def test_image_sizes_on_a_log_grid_and_tokens_per_image_by_value():
+    table = shard_schema.to_table(synthetic_rows(11, 40))
+    result = whole(table, manifest_for({"web": table}))
+    images = [image for row in table.to_pylist() for image in row["images"]]
+    grids = [g for row in table.to_pylist() for g in row["images_spatial_crop"]]
+    for group in (result["overall"], result["sources"]["web"]):  # per source as overall
+        cells = Counter()
+        for image in images:
+            cells[
+                (
+                    int(np.floor(4 * np.log2(image["width_px"]))),
+                    int(np.floor(4 * np.log2(image["height_px"]))),
+                )
+            ] += 1
+        assert group["images"]["size_log_histogram"] == {
+            "bins_per_octave": 4,
+            "cells": [[i, j, n] for (i, j), n in sorted(cells.items())],
+        }
+        tokens = Counter(layout.image_token_count(tuple(g), SHAPE) for g in grids)
+        assert group["images"]["tokens_per_image_counts"] == {str(k): tokens[k] for k in sorted(tokens)}
+
+
+def test_the_manifest_packing_dedup_and_decontamination_records():
+    base = manifest_for({})
+    flat = {**base, "packing": {"rows": 3, "documents": 9, "efficiency": 0.5}}
+    assert stats.finalize(stats.Partial(), CONTEXT, flat)["packing"] == {
+        "total": {"rows": 3, "documents": 9, "token_fill": 0.5, "tile_fill": None},
+        "sources": {},
+    }
+    nested = {
+        **base,
+        "packing": {
+            "total": {"rows": 3, "documents": 9, "token_fill": 0.9, "tile_fill": 0.8},
+            "per_source": {"b": {"rows": 1}, "a": {"rows": 2, "documents": 4, "token_fill": 1.0}},
+        },
+    }
+    found = stats.finalize(stats.Partial(), CONTEXT, nested)["packing"]
+    assert list(found["sources"]) == ["a", "b"] and found["total"]["tile_fill"] == 0.8
+    assert found["sources"]["b"] == {"rows": 1, "documents": None, "token_fill": None, "tile_fill": None}
+    for broken in ([1] * 64, "many", None):
+        dedup = {**base, "dedup": {"duplicates": 2, "near_distance_histogram": broken, "near_distance": 5}}
+        assert stats.finalize(stats.Partial(), CONTEXT, dedup)["dedup"] == {
+            "duplicates": 2,
+            "near_distance_histogram": None,
+            "near_distance": {"": 5},
+        }
+    nothing = stats.finalize(stats.Partial(), CONTEXT, base)
+    assert (nothing["packing"], nothing["dedup"], nothing["decontamination"]) == (None, None, None)
+    counts = {**base, "decontamination": {"z": 1, "a": {"images": 2}}}
+    assert list(stats.finalize(stats.Partial(), CONTEXT, counts)["decontamination"]) == ["a", "z"]
