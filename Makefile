@@ -2,8 +2,10 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-# Reinstall when the project's dependencies change.
+# Reinstall when the project's dependencies or their exact versions change.
 INSTALLED := $(VENV)/.installed
+# The exact versions the tests ran on; pyproject.toml holds the ranges a user's environment may satisfy.
+CONSTRAINTS := constraints.txt
 
 .PHONY: install demo test lint bench clean
 
@@ -11,8 +13,8 @@ $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "vl2prep needs Python 3.11, found " + sys.version'
 	$(PYTHON) -m venv $(VENV)
 
-$(INSTALLED): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+$(INSTALLED): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e ".[test]"
 	touch $@
 
 install: $(INSTALLED)

@@ -1,9 +1,10 @@
 """The `vl2prep` command line.
 
 Subcommands:
-- `vl2prep pretokenize CONFIG.yaml [--overwrite] [--verbose]`: the main job (see `jobs.pretokenize`). Every
-  failure a user can cause ends in one line on stderr naming the file, key or row, and an exit code
-  (`EXIT_CODES`); `--verbose` adds the traceback.
+- `vl2prep pretokenize CONFIG.yaml [--overwrite] [--allow-empty] [--verbose]`: the main job (see
+  `jobs.pretokenize`). Every failure a user can cause ends in one line on stderr naming the file, key or row,
+  and an exit code (`EXIT_CODES`); a job that wrote no row exits 1 unless `--allow-empty`; `--verbose` adds
+  the traceback and lets Ray's own log lines and progress bars through.
 - `vl2prep tile IMAGE...`: tile each image exactly as the DeepSeek-VL2 processor does and print its
   grid, tile count and visual-token layout as a table (the end-to-end slice `make demo` runs).
 - `vl2prep verify OUT`: check every file of a finished output against its manifest and every row against the
@@ -13,8 +14,9 @@ Subcommands:
 - `vl2prep stats OUT [--report-dir DIR]`: statistics of a finished output as a Ray job (`jobs.stats`):
   `stats.json`, `report.html` and `report.md` in `OUT/stats/` or DIR; exit 2 when the output, or a file it
   lists, cannot be read (the other files' statistics are still written), 5 when Ray cannot start.
-- `vl2prep validate OUT [--shape S | --weights DIR] [--samples N] [--report-dir DIR] [--batch-size B]`:
-  forward passes over a finished output on Ray actors (`jobs.validate`): `validation.json`, always written;
+- `vl2prep validate OUT [--shape S | --weights DIR] [--samples N|all] [--report-dir DIR] [--batch-size B]`:
+  forward passes over a finished output on Ray actors (`jobs.validate`), by default over a bounded sample
+  spread over the sources (`pipeline.validate.DEFAULT_SAMPLES` rows): `validation.json`, always written;
   exit 1 listing the failing sample ids and the files that could not be read, 2 when the output cannot be
   read, 5 when Ray cannot start.
 - `vl2prep train-tokenizer --input FILES --vocab-size N --out PATH`: train a sentencepiece BPE tokenizer
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 import time
 import traceback
@@ -34,7 +37,8 @@ from pathlib import Path
 EXAMPLE_IMAGES = Path(__file__).resolve().parent / "examples" / "images"
 EXIT_CODES = {
     0: "done (or already complete)",
-    1: "the job failed (a bug or a cluster failure: rerun with --verbose for the traceback)",
+    1: "the job failed (a bug or a cluster failure: rerun with --verbose for the traceback), or it wrote no "
+    "row (no input record, or every record rejected: the line says how many; --allow-empty accepts that)",
     2: "the config, or what the output folder holds, must change (the message names the key or file)",
     3: "another job holds the output folder's lease, or this job lost it",
     4: "the output's storage refused a write: disk full, read-only, permission denied",
@@ -42,6 +46,9 @@ EXIT_CODES = {
     130: "interrupted (rerun the same command to resume)",
 }
 """The exit codes of `vl2prep pretokenize`."""
+DEFAULT_VALIDATE_SAMPLES = 64
+"""Rows `vl2prep validate` checks unless `--samples` says otherwise (`pipeline.validate.DEFAULT_SAMPLES`;
+repeated here so that `vl2prep --help` does not import torch)."""
 MESSAGE_LIMIT = 2000
 """Longest error line printed: a message never quotes megabytes of a config."""
 _STORAGE_HINTS = {
@@ -81,7 +88,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "manifest and staging records list, its statistics files and its staging folder, nothing else",
     )
     pretokenize.add_argument(
-        "--verbose", action="store_true", help="print the traceback of a failure, not only its one line"
+        "--allow-empty",
+        action="store_true",
+        help="exit 0 when the job wrote no row (no input record, or every record rejected); without it that "
+        "is exit 1",
+    )
+    pretokenize.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray's own log lines and progress bars, and print the traceback of a failure, not only its "
+        "one line",
     )
     pretokenize.set_defaults(run=_run_pretokenize)
 
@@ -186,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     validate = commands.add_parser(
         "validate",
         help="forward passes over a finished output: layouts, finite logits and losses, expert load",
-        description="Run the output's rows through a DeepSeek-VL2 model in batches on Ray actors (a GPU each "
+        description="Run rows of the output (by default a fixed sample spread over its sources; --samples "
+        "all: every row) through a DeepSeek-VL2 model in batches on Ray actors (a GPU each "
         "when the cluster has GPUs) and check per sample that the visual embeddings match the image tokens "
         "and their stored spans, images_spatial_crop matches the layout, logits and loss are finite and "
         "something is trained on; report expert load per MoE layer. Writes validation.json to OUT/stats/ "
@@ -204,7 +221,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     model.add_argument(
         "--weights", default=None, metavar="DIR", help="an official checkpoint folder: real per-sample losses"
     )
-    validate.add_argument("--samples", type=int, default=None, metavar="N", help="N rows (default: all)")
+    validate.add_argument(
+        "--samples",
+        type=_samples,
+        default=DEFAULT_VALIDATE_SAMPLES,
+        metavar="N|all",
+        help=f"validate N rows spread evenly over the sources, drawn with a fixed seed, or all rows "
+        f"(default {DEFAULT_VALIDATE_SAMPLES}: a forward pass takes about a second a row on a CPU)",
+    )
     validate.add_argument("--report-dir", default=None, metavar="DIR", help="write the files here instead")
     validate.add_argument("--batch-size", type=int, default=2, metavar="B", help="rows per batch (default 2)")
     validate.set_defaults(run=_run_validate)
@@ -221,7 +245,13 @@ def _run_pretokenize(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     try:
         config = load_config(args.config)
         output_dir = config.output_dir
-        return pretokenize.run(config, overwrite=args.overwrite)
+        return pretokenize.run(
+            config,
+            overwrite=args.overwrite,
+            out_stream=sys.stdout,
+            allow_empty=args.allow_empty,
+            verbose=args.verbose,
+        )
     except (Exception, KeyboardInterrupt) as error:
         if args.verbose:
             traceback.print_exc()
@@ -233,9 +263,9 @@ def _run_pretokenize(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 def failure(error: BaseException, config: Path, output_dir: str | None = None) -> tuple[int, str]:
     """(exit code, one line) for an error of the pretokenize job on `config` (see `EXIT_CODES`); a storage
     error that names no file is said of `output_dir`."""
-    from jobs.config import ConfigError
     from jobs.pretokenize import OutputError
     from jobs.ray_runtime import RayStartError
+    from pipeline.errors import ConfigError
     from pipeline.shards import LeaseError
 
     if isinstance(error, KeyboardInterrupt):
@@ -295,7 +325,7 @@ def _run_tile(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.images_per_sample < 1:
         parser.error("--images-per-sample must be at least 1")
     paths = args.images or sorted(p for p in EXAMPLE_IMAGES.iterdir() if p.is_file())
-    cropping = args.images_per_sample <= 2
+    cropping = tiling.cropping_for(args.images_per_sample)
 
     header = ("image", "format", "mode", "size", "canvas", "grid", "tiles", "tokens", "padding", "tile ms")
     rows: list[tuple[str, ...]] = []
@@ -327,8 +357,8 @@ def _run_tile(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             continue
         total_tokens += tokens
         canvas = (grid[0] * shape.image_size, grid[1] * shape.image_size)
-        fit = tiling.contain_size(info.size, canvas)
-        padding = 1.0 - (fit[0] * fit[1]) / (canvas[0] * canvas[1])
+        canvas_px, padding_px = tiling.padded_pixels(info.size[0], info.size[1], grid, shape.image_size)
+        padding = float(padding_px[0] / canvas_px[0])
         rows.append(
             (
                 path.name,
@@ -449,33 +479,54 @@ def _run_stats(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from jobs.ray_runtime import RayStartError
 
     try:
-        return stats.run(args.out, report_dir=args.report_dir, tokenizer_path=args.tokenizer)
+        return stats.run(
+            _absolute(args.out),
+            report_dir=args.report_dir and _absolute(args.report_dir),
+            tokenizer_path=args.tokenizer,
+        )
     except RayStartError as error:
         print(_one_line(f"stats: {error}"), file=sys.stderr)
         return 5
 
 
+def _samples(text: str) -> int | None:
+    """`--samples`: a positive row count, or `all` (None)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number of rows nor 'all'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1 (or 'all')")
+    return value
+
+
 def _run_validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from jobs import validate
 
-    if args.samples is not None and args.samples < 1:
-        parser.error("--samples must be at least 1")
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
     from jobs.ray_runtime import RayStartError
 
     try:
         return validate.run(
-            args.out,
+            _absolute(args.out),
             shape=args.shape,
             weights=args.weights,
             samples=args.samples,
-            report_dir=args.report_dir,
+            report_dir=args.report_dir and _absolute(args.report_dir),
             batch_size=args.batch_size,
         )
     except RayStartError as error:
         print(_one_line(f"validate: {error}"), file=sys.stderr)
         return 5
+
+
+def _absolute(location: str) -> str:
+    """A local path made absolute (a URI as given): the Ray tasks that read it do not share this process's
+    working directory (a Ray started elsewhere, another node)."""
+    return location if "://" in location else os.path.abspath(location)
 
 
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

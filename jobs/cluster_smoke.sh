@@ -57,7 +57,7 @@ rm -rf "$OUT"
     --num-cpus=2 --disable-usage-stats
 "$BIN/ray" job submit --address "http://127.0.0.1:$DASHBOARD_PORT" --working-dir . \
     --runtime-env-json '{"excludes": [".venv", "out", ".git", "tests", "bench"]}' \
-    -- "$PWD/$BIN/vl2prep" pretokenize "$CONFIG"
+    -- "$PWD/$BIN/python" -m jobs.cli pretokenize "$CONFIG"  # the uploaded copy's code, the venv's packages
 
 "$BIN/python" - "$OUT" <<'PY'
 import hashlib, json, pathlib, sys

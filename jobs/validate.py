@@ -2,8 +2,10 @@
 
 The driver reads the manifest, settles the model before any work (`--shape` or the config of `--weights` must
 keep the output's vocabulary, special ids and image layouts; by default a small seeded random-weight model
-derived from the output's own shape, `pipeline.validate.small_shape`), picks the rows (all, or `samples` of
-them drawn with a fixed seed) and cuts them into batches within one shard file. A pool of actors, one GPU each
+derived from the output's own shape, `pipeline.validate.small_shape`), picks the rows (by default
+`pipeline.validate.DEFAULT_SAMPLES` of them spread over the sources and drawn with a fixed seed, or
+`samples` so spread, or all with `samples=None`: `pipeline.validate.sample_rows`) and cuts them into batches
+within one shard file. A pool of actors, one GPU each
 when the cluster has GPUs, else CPU actors that never take every CPU, each builds the model once and validates
 batches; the driver merges the results as they arrive and writes `validation.json` to `OUT/stats/` (or to
 `report_dir`), then, when `stats.json` lies there too, rewrites the stats report with its validation section.
@@ -20,6 +22,7 @@ there is none.
 
 from __future__ import annotations
 
+import datetime
 import json
 import sys
 import time
@@ -50,14 +53,15 @@ def run(
     location: str,
     shape: str | None = None,
     weights: str | None = None,
-    samples: int | None = None,
+    samples: int | None = checks.DEFAULT_SAMPLES,
     report_dir: str | None = None,
     batch_size: int = DEFAULT_BATCH,
     ray_address: str | None = None,
     num_cpus: int | None = None,
     out_stream: Any = None,
 ) -> int:
-    """Validate the output at `location`; returns the process exit code (2: nothing could run)."""
+    """Validate the output at `location` (`samples` rows spread over its sources, or every row with
+    `samples=None`); returns the process exit code (2: nothing could run)."""
     with ray_scope():  # the Ray this call starts (if any) is stopped when it ends
         return _run(
             location, shape, weights, samples, report_dir, batch_size, ray_address, num_cpus, out_stream
@@ -108,11 +112,12 @@ def _run(
         **summary.to_json(with_losses=weights is not None),
         "seconds": round(time.perf_counter() - started, 2),
     }
-    target = shards.OutputDir(report_dir) if report_dir else shards.OutputDir(out.path(STATS_DIR))
+    target = shards.OutputDir(report_dir) if report_dir else out.subfolder(STATS_DIR)
     target.write_json(VALIDATION_FILE, result)
     if target.exists("stats.json"):
         stats = target.read_json("stats.json")
-        target.write_bytes("report.html", report.html(stats, result).encode())
+        made = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        target.write_bytes("report.html", report.html(stats, result, made, out.location).encode())
         target.write_bytes("report.md", report.markdown(stats, result).encode())
     counts = result["samples"]
     print(
@@ -148,19 +153,13 @@ def _model_shape(
 
 
 def _batches(manifest: dict[str, Any], samples: int | None, batch_size: int) -> list[tuple[str, list[int]]]:
-    """(shard path, row numbers in it) per batch: every row, or `samples` rows drawn with the fixed seed."""
-    counts = [entry["rows"] for entry in manifest["shards"]]
-    total = sum(counts)
-    chosen = np.arange(total)
-    if samples is not None and samples < total:
-        chosen = np.sort(np.random.default_rng(SEED).choice(total, size=samples, replace=False))
-    starts = np.cumsum([0, *counts])
-    batches = []
-    for index, entry in enumerate(manifest["shards"]):
-        rows = chosen[(chosen >= starts[index]) & (chosen < starts[index + 1])] - starts[index]
-        for first in range(0, len(rows), batch_size):
-            batches.append((entry["path"], rows[first : first + batch_size].tolist()))
-    return batches
+    """(shard path, row numbers in it) per batch: every row (`samples=None`), or `samples` rows spread over
+    the sources with the fixed seed."""
+    return [
+        (path, rows[first : first + batch_size])
+        for path, rows in checks.sample_rows(manifest["shards"], samples, SEED)
+        for first in range(0, len(rows), batch_size)
+    ]
 
 
 def read_rows(location: str, path: str, numbers: list[int]) -> list[dict[str, Any]]:

@@ -21,6 +21,11 @@ from pathlib import Path
 from typing import Any
 
 VARIANTS: tuple[str, ...] = ("tiny", "small", "base", "toy")
+_KNOWN = (
+    f"known variants: {', '.join(VARIANTS)} "
+    "(or give the path of a shape JSON file or an official config.json)"
+)
+"""Said by every error about a shape that could not be found, so that a typo shows the right names."""
 SHAPES_DIR = Path(__file__).resolve().parent / "shapes"
 
 TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
@@ -826,12 +831,10 @@ def load(name_or_path: str | os.PathLike[str]) -> ModelShape:
     elif isinstance(name_or_path, os.PathLike) or _looks_like_path(name_or_path):
         path = Path(name_or_path)
     else:
-        raise ShapeError(
-            f"unknown model shape {name_or_path!r}; known variants: {', '.join(VARIANTS)} "
-            "(or give the path of a shape JSON file or an official config.json)"
-        )
+        raise ShapeError(f"unknown model shape {name_or_path!r}; {_KNOWN}")
     if not path.is_file():
-        raise ShapeError(f"shape file not found: {path}")
+        # A mistyped variant name arrives here as a path (a config resolves names against its folder).
+        raise ShapeError(f"shape file not found: {path}; {_KNOWN}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as error:

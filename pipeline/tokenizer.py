@@ -301,8 +301,9 @@ def train_tokenizer(
     clean-up (the text is kept exactly: answers are tokenized with no leading space), identity
     normalization, digits split one by one; ids 0/1/2/3 are bos/eos/pad/unk and no other special token is
     held. The result depends only on the input text and `vocab_size` (training runs on one thread from
-    memory, so no path or time enters the file): the same input gives the same bytes. With little text the
-    model may hold fewer than `vocab_size` pieces.
+    memory, so no path or time enters the file): the same input gives the same bytes. Text too small for
+    `vocab_size` pieces is a `TokenizerError` saying how many it supports, and nothing is written: a model
+    smaller than asked for would otherwise pass unnoticed.
     """
     if vocab_size < 4 + 256 + 1:
         raise TokenizerError(f"vocab_size={vocab_size} is too small: 4 control ids + 256 bytes need room")
@@ -318,7 +319,7 @@ def train_tokenizer(
         model_writer=model,
         model_type="bpe",
         vocab_size=vocab_size,
-        hard_vocab_limit=False,
+        hard_vocab_limit=False,  # a shortfall is reported below with the count reached
         byte_fallback=True,
         add_dummy_prefix=False,
         remove_extra_whitespaces=False,
@@ -334,6 +335,12 @@ def train_tokenizer(
         num_threads=1,
         minloglevel=2,
     )
+    pieces = spm.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
+    if pieces < vocab_size:
+        raise TokenizerError(
+            f"vocab_size={vocab_size}: the training text supports only {pieces} pieces; give more text, or a "
+            f"vocab_size of {pieces} or less"
+        )
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_bytes(model.getvalue())

@@ -26,6 +26,10 @@ others are still validated. Forward hooks on every MoE router count the experts 
 be validated at all (their shard file cannot be read, or the batch's work failed) are `Problem`s naming the
 file and how many of its rows; `validation.json` lists them under `problems`, and they make the run fail.
 
+`sample_rows(shard_entries, samples, seed)` picks the rows a run validates: all of them, or a bounded sample
+spread over the sources, so that the default run (`DEFAULT_SAMPLES` rows) takes the same time on any corpus
+and still sees every source.
+
 `small_shape(shape)` is the random-weight model for any output: the `toy` shape's widths, depths and experts
 with everything the data depends on (vocabulary, special token ids, image size, patch, downsampling, tiling)
 taken from the output's shape. `check_compatible` refuses a model whose ids or layouts would not mean what the
@@ -37,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +69,7 @@ __all__ = [
     "ValidateError",
     "Validator",
     "check_compatible",
+    "sample_rows",
     "small_shape",
 ]
 
@@ -77,6 +83,9 @@ CHECKS = (
     "finite",
     "forward",
 )
+DEFAULT_SAMPLES = 64
+"""Rows a validation run checks unless told otherwise: forward passes cost about a second a row on a CPU, so
+checking every row of a large output by default would take hours."""
 HIGHEST_LOSSES = 20
 NAMED_IDS = 5
 """Most offending ids a failure message quotes."""
@@ -85,6 +94,72 @@ _LAYER = re.compile(r"\blayers\.(\d+)\.")
 
 class ValidateError(ValueError):
     """A model that cannot validate this output (other vocabulary, special ids or image layouts)."""
+
+
+def sample_rows(
+    shard_entries: Sequence[Mapping[str, Any]], samples: int | None, seed: int = 0
+) -> list[tuple[str, list[int]]]:
+    """(shard path, ascending row numbers in it) for each shard file with rows to validate, in the order of
+    `shard_entries` (the manifest's `shards`: `path`, `rows` and, where the rows come from one source,
+    `source`; packed shards count as one source of their own).
+
+    `samples=None` takes every row. Otherwise `samples` rows (or every row, when there are fewer) spread
+    over the sources as evenly as their rows allow: each source gets an equal share, a source with fewer rows
+    gives what it lacks to the others, and within a source the rows are drawn uniformly over its files. The
+    choice depends only on the entries, `samples` and `seed`."""
+    if samples is not None and samples < 0:
+        raise ValueError(f"samples={samples}: must be at least 0")
+    sources: dict[str, list[int]] = {}  # source -> indices into shard_entries, in order
+    for index, entry in enumerate(shard_entries):
+        sources.setdefault(_source_of(entry), []).append(index)
+    chosen: dict[int, np.ndarray] = {}
+    quotas = _quotas(
+        {name: sum(shard_entries[i]["rows"] for i in files) for name, files in sources.items()}, samples
+    )
+    for name, files in sources.items():
+        counts = [shard_entries[i]["rows"] for i in files]
+        total = sum(counts)
+        if quotas[name] >= total:
+            picked = np.arange(total)
+        else:  # a generator per source: one source's rows do not move another's draw
+            rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+            picked = np.sort(rng.choice(total, size=quotas[name], replace=False))
+        starts = np.cumsum([0, *counts])
+        for position, index in enumerate(files):
+            inside = picked[(picked >= starts[position]) & (picked < starts[position + 1])]
+            chosen[index] = inside - starts[position]
+    return [
+        (entry["path"], chosen[index].tolist())
+        for index, entry in enumerate(shard_entries)
+        if len(chosen[index])
+    ]
+
+
+def _source_of(entry: Mapping[str, Any]) -> str:
+    """The source of a shard entry: its `source`, else the folder it lies in (`shards/<source>/...`)."""
+    source = entry.get("source")
+    if source:
+        return str(source)
+    parts = str(entry["path"]).split("/")
+    return parts[-2] if len(parts) >= 2 else ""
+
+
+def _quotas(capacity: Mapping[str, int], samples: int | None) -> dict[str, int]:
+    """Rows per source: equal shares of `samples`, a source's unused share going to the others (water
+    filling); the earlier sources take the remainder of an uneven split."""
+    if samples is None:
+        return dict(capacity)
+    quota = dict.fromkeys(capacity, 0)
+    left = min(samples, sum(capacity.values()))
+    open_sources = [name for name in capacity if capacity[name] > 0]
+    while left > 0:
+        share, extra = divmod(left, len(open_sources))
+        for position, name in enumerate(open_sources):
+            give = min(capacity[name] - quota[name], share + (position < extra))
+            quota[name] += give
+            left -= give
+        open_sources = [name for name in open_sources if quota[name] < capacity[name]]
+    return quota
 
 
 def small_shape(shape: ModelShape) -> ModelShape:

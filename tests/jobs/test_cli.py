@@ -171,7 +171,7 @@ def test_storage_errors_raised_in_ray_tasks_are_one_line():
 def test_unexpected_failures_are_one_line_and_verbose_adds_the_traceback(tmp_path, capsys, monkeypatch):
     config = text_job(tmp_path)
 
-    def broken(config, overwrite=False):
+    def broken(config, **options):
         raise RuntimeError("counts do not reconcile\nsecond line")
 
     monkeypatch.setattr(pretokenize, "run", broken)
@@ -183,9 +183,68 @@ def test_unexpected_failures_are_one_line_and_verbose_adds_the_traceback(tmp_pat
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and err.endswith("for the traceback)\n")
 
-    def interrupted(config, overwrite=False):
+    def interrupted(config, **options):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pretokenize, "run", interrupted)
     assert cli.main(["pretokenize", str(config)]) == 130
     assert "interrupted" in one_line(capsys)
+
+
+@pytest.mark.timeout(60)
+def test_pretokenize_passes_its_options_to_the_job(tmp_path, capsys, monkeypatch):
+    config = text_job(tmp_path)
+    calls = []
+
+    def record(config, **options):
+        calls.append(options)
+        return 0
+
+    monkeypatch.setattr(pretokenize, "run", record)
+    assert cli.main(["pretokenize", str(config)]) == 0
+    assert cli.main(["pretokenize", str(config), "--allow-empty", "--verbose", "--overwrite"]) == 0
+    assert calls == [
+        {"overwrite": False, "out_stream": sys.stdout, "allow_empty": False, "verbose": False},
+        {"overwrite": True, "out_stream": sys.stdout, "allow_empty": True, "verbose": True},
+    ]
+
+
+@pytest.mark.timeout(60)
+def test_an_empty_output_keeps_the_job_s_exit_code(tmp_path, capsys, monkeypatch):
+    """The job decides that an output with no row is exit 1; the command returns its code unchanged."""
+    config = text_job(tmp_path)
+    monkeypatch.setattr(
+        pretokenize, "run", lambda config, allow_empty=False, **options: 0 if allow_empty else 1
+    )
+    assert cli.main(["pretokenize", str(config)]) == 1
+    assert cli.main(["pretokenize", str(config), "--allow-empty"]) == 0
+
+
+def test_the_help_lists_every_exit_code_and_the_new_options():
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "pretokenize", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    text = " ".join(result.stdout.split())
+    assert "--allow-empty" in text and "--verbose" in text
+    for code in cli.EXIT_CODES:
+        assert f"{code} " in text
+    assert "wrote no row" in cli.EXIT_CODES[1]
+
+
+def test_stats_and_validate_get_local_outputs_as_absolute_paths(tmp_path, monkeypatch):
+    """Their Ray tasks read the output from another working directory (a Ray started elsewhere, another
+    node): a relative OUT is made absolute here, a URI is passed as given."""
+    from jobs import stats, validate
+
+    seen = []
+    monkeypatch.setattr(stats, "run", lambda location, **options: seen.append((location, options)) or 0)
+    monkeypatch.setattr(validate, "run", lambda location, **options: seen.append((location, options)) or 0)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["stats", "out/example", "--report-dir", "report"]) == 0
+    assert cli.main(["validate", "out/example"]) == 0
+    assert cli.main(["stats", "s3://bucket/out"]) == 0
+    assert [location for location, _ in seen] == [str(tmp_path / "out/example")] * 2 + ["s3://bucket/out"]
+    assert seen[0][1]["report_dir"] == str(tmp_path / "report") and seen[2][1]["report_dir"] is None

@@ -40,6 +40,7 @@ def test_a_model_that_does_not_fit_the_shape_fails(tmp_path, capsys):
     [
         (["--input", "missing.txt", "--vocab-size", "300"], "--input: no such file"),
         (["--vocab-size", "100"], "too small"),
+        (["--vocab-size", "50000"], "vocab_size=50000: the training text supports only 9979 pieces"),
         (["--vocab-size", "300", "--shape", "huge"], "--shape"),
     ],
 )

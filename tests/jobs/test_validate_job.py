@@ -18,6 +18,14 @@ from jobs.validate import ValidationActor, batch_result
 from pipeline import validate as checks
 
 
+def shard_of(out: Path, source: str) -> str:
+    """The one shard file of `source`, as the manifest names it."""
+    (path,) = [
+        e["path"] for e in json.loads((out / "manifest.json").read_text())["shards"] if e["source"] == source
+    ]
+    return path
+
+
 @pytest.fixture(scope="module")
 def corrupted(tmp_path_factory) -> tuple[Path, set[str]]:
     out = small_output(tmp_path_factory.mktemp("validate"))
@@ -28,7 +36,7 @@ def corrupted(tmp_path_factory) -> tuple[Path, set[str]]:
     def wrong_grid(row: dict) -> None:
         row["images_spatial_crop"] = [[2, 1]]
 
-    shard = "shards/pics/part-00000.parquet"
+    shard = shard_of(out, "pics")
     return out, {rewrite_row(out, shard, 1, one_more_image_token), rewrite_row(out, shard, 2, wrong_grid)}
 
 
@@ -68,7 +76,7 @@ def actor() -> ValidationActor:
 
 def test_a_shard_that_cannot_be_read_is_a_problem_of_its_rows(tmp_path, actor):
     out = small_output(tmp_path)
-    shard = "shards/chat/part-00000.parquet"
+    shard = shard_of(out, "chat")
     good = actor.validate(str(out), shard, [0, 1])
     assert good.samples == 2 and good.problems == [] and good.failures == []
     # The manifest lists more rows than the file holds.
@@ -95,3 +103,24 @@ def test_a_batch_whose_task_fails_is_a_problem_of_its_file():
     ]
     fine = checks.BatchResult(samples=2)
     assert batch_result(batch, lambda: fine) is fine
+
+
+# ------------------------------------------------------------------------------------------------
+# --samples N|all (the job itself is replaced: only what the command passes is checked)
+
+
+def test_samples_default_to_a_bounded_sample_and_all_means_every_row(monkeypatch, capsys):
+    from jobs import validate as job
+
+    calls = []
+    monkeypatch.setattr(job, "run", lambda location, **options: calls.append(options["samples"]) or 0)
+    assert cli.main(["validate", "out"]) == 0
+    assert cli.main(["validate", "out", "--samples", "all"]) == 0
+    assert cli.main(["validate", "out", "--samples", "7"]) == 0
+    assert calls == [checks.DEFAULT_SAMPLES, None, 7]
+    assert cli.DEFAULT_VALIDATE_SAMPLES == checks.DEFAULT_SAMPLES == 64
+    for bad in ("0", "-3", "some"):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["validate", "out", "--samples", bad])
+        assert exit_info.value.code == 2
+        assert "--samples" in capsys.readouterr().err

@@ -544,6 +544,14 @@ def test_missing_file(tmp_path: Path) -> None:
         model_shapes.load(str(tmp_path / "nope.json"))
 
 
+def test_a_mistyped_variant_given_as_a_path_lists_the_known_ones(tmp_path: Path) -> None:
+    """A config resolves `model_shape: tiniest` against its folder: the missing file's message still says
+    which names exist."""
+    with pytest.raises(ShapeError, match="shape file not found") as info:
+        model_shapes.load(tmp_path / "tiniest")
+    assert "known variants: tiny, small, base, toy" in str(info.value)
+
+
 def test_invalid_json(tmp_path: Path) -> None:
     path = tmp_path / "broken.json"
     path.write_text("{", encoding="utf-8")

@@ -201,6 +201,21 @@ def test_training_rejects_tiny_vocabularies_and_empty_text(tmp_path):
         tokenizer.train_tokenizer([text], 300, tmp_path / "x.model")
 
 
+def test_text_too_small_for_the_vocabulary_is_an_error_and_writes_nothing(tmp_path):
+    """Too little text once gave a model smaller than asked for, silently."""
+    text = tmp_path / "a.txt"
+    text.write_text("a cat on a mat\n" * 20, encoding="utf-8")
+    with pytest.raises(
+        TokenizerError, match=r"vocab_size=50000: the training text supports only \d+ pieces"
+    ) as info:
+        tokenizer.train_tokenizer([text], 50_000, tmp_path / "x.model")
+    assert not (tmp_path / "x.model").exists()
+    reached = int(str(info.value).split("supports only ")[1].split()[0])
+    assert 260 < reached < 50_000
+    out = tokenizer.train_tokenizer([text], reached, tmp_path / "x.model")  # the size it names works
+    assert tokenizer.load(out, TOY).piece_count == reached
+
+
 def test_ordinary_piece_on_a_special_id_is_an_error():
     shape = with_special_tokens(TOY, image=100)
     with pytest.raises(

@@ -153,3 +153,56 @@ def test_rows_not_validated_are_problems_per_file():
         {"path": "shards/b.parquet", "rows": 5, "message": "cannot be read: x"},
     ]
     assert result["samples"] == {"validated": 0, "failed": 0, "passed": 0}
+
+
+# ------------------------------------------------------------------------------------------------
+# which rows a run validates
+
+
+def entries(**rows_per_source: list[int]) -> list[dict]:
+    """Manifest shard entries: per source, the row counts of its files."""
+    return [
+        {"path": f"shards/{source}/part-{i:05d}.parquet", "rows": rows, "source": source}
+        for source, files in rows_per_source.items()
+        for i, rows in enumerate(files)
+    ]
+
+
+def per_source(picked: list[tuple[str, list[int]]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for path, rows in picked:
+        assert rows == sorted(set(rows))
+        counts[path.split("/")[1]] = counts.get(path.split("/")[1], 0) + len(rows)
+    return counts
+
+
+def test_the_default_sample_is_bounded_and_spread_over_the_sources():
+    """A big source does not crowd out the small ones: each gets an equal share, and what a small source
+    lacks goes to the others."""
+    shards = entries(big=[10_000, 10_000], mid=[40], small=[3])
+    picked = validate.sample_rows(shards, validate.DEFAULT_SAMPLES)
+    assert per_source(picked) == {"big": 31, "mid": 30, "small": 3}
+    assert sum(per_source(picked).values()) == validate.DEFAULT_SAMPLES == 64
+    # Rows of the big source are drawn over both its files, inside each file's rows.
+    big = {path: rows for path, rows in picked if "/big/" in path}
+    assert len(big) == 2 and all(0 <= r < 10_000 for rows in big.values() for r in rows)
+
+
+def test_samples_are_reproducible_and_all_means_every_row():
+    shards = entries(a=[5, 7], b=[9], c=[1])
+    assert validate.sample_rows(shards, 6, seed=0) == validate.sample_rows(shards, 6, seed=0)
+    # Shares of 2; c holds one row, and the row it lacks goes to the first source still open.
+    assert per_source(validate.sample_rows(shards, 6)) == {"a": 3, "b": 2, "c": 1}
+    everything = validate.sample_rows(shards, None)
+    assert everything == [(e["path"], list(range(e["rows"]))) for e in shards]
+    assert validate.sample_rows(shards, 1000) == everything
+    assert validate.sample_rows(entries(a=[0], b=[2]), 1) == [("shards/b/part-00000.parquet", [0])]
+
+
+def test_packed_shards_and_entries_without_a_source_are_one_source_each():
+    shards = [
+        {"path": "shards/packed/part-00000.parquet", "rows": 50},
+        {"path": "shards/packed/part-00001.parquet", "rows": 50},
+        {"path": "shards/x/part-00000.parquet", "rows": 50},
+    ]
+    assert per_source(validate.sample_rows(shards, 10)) == {"packed": 5, "x": 5}
