@@ -69,7 +69,7 @@ import pyarrow.compute as pc
 
 from model_shapes import ModelShape
 from pipeline.errors import ConfigError
-from pipeline.tiling import best_grid, contain_size
+from pipeline.tiling import best_grid, cropping_for, padded_pixels
 from pipeline.tokenizer import Tokenizer
 from schemas import reject as reject_schema
 
@@ -258,9 +258,9 @@ MEASUREMENT_SCHEMA = pa.schema(
     ],
     metadata={"vl2prep.schema": "filter_measurements", "vl2prep.schema_version": "1"},
 )
-"""A job's filter measurements (`OUT/filters/part-NNNNN.parquet`): one row per sample of a filtered source
-that reached the filters, its provenance, every quantity (null when not measured) and the filter that
-dropped it (null when kept)."""
+"""A job's filter measurements (`OUT/filters/part-<partition>-<k>.parquet`): one row per sample of a
+filtered source that reached the filters, its provenance, every quantity (null when not measured) and the
+filter that dropped it (null when kept)."""
 
 _IMAGE_QUANTITIES = ("image_min_side", "image_max_aspect_ratio", "image_max_pixels", "padding_share")
 
@@ -348,7 +348,7 @@ def measure(
         if "image_max_pixels" in quantities:
             columns["image_max_pixels"] = _reduce(np.maximum, widths * heights, parents, rows)
         if "padding_share" in quantities:
-            cropping = np.bincount(parents, minlength=rows)[parents] <= 2
+            cropping = cropping_for(np.bincount(parents, minlength=rows)[parents])
             shares = _padding_shares(widths, heights, cropping, shape)
             columns["padding_share"] = _reduce(np.maximum, shares, parents, rows)
     if "text_chars" in quantities or "text_tokens" in quantities:
@@ -471,14 +471,9 @@ def _padding_shares(
     (width, height, cropping)."""
     keys = np.stack([widths, heights, cropping.astype(np.int64)], axis=1)
     distinct, inverse = np.unique(keys, axis=0, return_inverse=True)
-    tile = shape.image_size
-    shares = np.empty(len(distinct), dtype=np.float64)
-    for index, (width, height, crop) in enumerate(distinct.tolist()):
-        grid_w, grid_h = best_grid((width, height), shape, bool(crop))
-        canvas = (grid_w * tile, grid_h * tile)
-        fit_w, fit_h = contain_size((width, height), canvas)
-        shares[index] = 1 - (fit_w * fit_h) / (canvas[0] * canvas[1])
-    return shares[inverse.reshape(-1)]
+    grids = [best_grid((width, height), shape, bool(crop)) for width, height, crop in distinct.tolist()]
+    canvas, padding = padded_pixels(distinct[:, 0], distinct[:, 1], np.array(grids), shape.image_size)
+    return (padding / canvas)[inverse.reshape(-1)]
 
 
 def _number(value: int | float) -> str:

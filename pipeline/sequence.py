@@ -40,7 +40,7 @@ from pipeline.templates import (
     render,
     render_document,
 )
-from pipeline.tiling import best_grid
+from pipeline.tiling import best_grid, cropping_for
 from pipeline.tokenizer import SPECIAL_STRINGS, Tokenizer
 from schemas import reject, shard
 
@@ -277,7 +277,7 @@ class SequenceBuilder:
                     order.append(item)
                 else:
                     total += len(item)
-        cropping = len(order) <= 2
+        cropping = cropping_for(len(order))
         grids = [self._grid(sample, index, cropping) for index in order]  # in order of appearance
         for _, count in grids:
             total += count
@@ -370,7 +370,7 @@ class SequenceBuilder:
         """Whole turns up to the last answer that fits at least in part; that answer cut to fit."""
         for answer_at in reversed([i for i, block in enumerate(blocks) if block.loss]):
             prefix = list(blocks[:answer_at])
-            cropping = sum(isinstance(item, int) for block in prefix for item in block.items) <= 2
+            cropping = cropping_for(sum(isinstance(item, int) for block in prefix for item in block.items))
             used = 1 + sum(self._length(sample, block, cropping) for block in prefix)
             answer = [token for item in blocks[answer_at].items for token in item]  # answers hold no image
             room = self.max_seq_len - used - 1
@@ -387,7 +387,7 @@ class SequenceBuilder:
         (block,) = blocks
         total_images = sum(isinstance(item, int) for item in block.items)
         for keep in range(total_images, -1, -1):
-            cropping = keep <= 2
+            cropping = cropping_for(keep)
             tokens: list[int] = []
             spans: list[tuple[int, int]] = []
             for item in block.items:
@@ -456,9 +456,11 @@ class SequenceBuilder:
                 index, text, n = units[end]
                 if text is None:
                     count = self._grid(sample, content[index]["image"], True)[1]
-                    cost = text_tokens + (cropped_sum + count if images < 2 else (images + 1) * uncropped)
+                    cost = text_tokens + (
+                        cropped_sum + count if cropping_for(images + 1) else (images + 1) * uncropped
+                    )
                 else:
-                    cost = text_tokens + n + 1 + (cropped_sum if images <= 2 else images * uncropped)
+                    cost = text_tokens + n + 1 + (cropped_sum if cropping_for(images) else images * uncropped)
                 if cost > budget and end > start:
                     break
                 if text is None:

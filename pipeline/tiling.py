@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,17 +25,30 @@ from PIL import Image
 from model_shapes import ModelShape
 
 __all__ = [
+    "MAX_CROPPED_IMAGES",
     "Tiles",
     "best_grid",
     "candidate_resolutions",
     "contain_size",
+    "cropping_for",
     "normalize",
+    "padded_pixels",
     "select_best_resolution",
     "tile_image",
     "to_rgb",
 ]
 
 Size = tuple[int, int]
+
+MAX_CROPPED_IMAGES = 2
+"""The official processor crops (local tiles on the best canvas) only when a sample has at most this many
+images; with more, every image gets a 1×1 grid whose local tile repeats the global view."""
+
+
+def cropping_for(images: Any) -> Any:
+    """Whether images of a sample (or of each sample: an int or a numpy array of image counts) are
+    cropped: the one home of the official rule (`MAX_CROPPED_IMAGES`)."""
+    return images <= MAX_CROPPED_IMAGES
 
 
 @dataclass(frozen=True)
@@ -117,6 +131,26 @@ def contain_size(image_size: Size, box: Size) -> Size:
     if image_ratio < box_ratio:
         return (round(width / height * box_h), box_h)
     return (box_w, box_h)
+
+
+def padded_pixels(
+    widths: np.ndarray, heights: np.ndarray, grids: np.ndarray, tile: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(canvas pixels, padding pixels) of each image: its local canvas (grid · tile pixels a side) and what
+    of it the image fitted inside (`contain_size`, the same rounding, vectorised) leaves as padding.
+    `widths`, `heights`: int arrays of positive sizes; `grids`: int array [n, 2] of (width, height) tiles.
+    The padding share of an image is padding / canvas; the one home of that arithmetic."""
+    widths = np.asarray(widths, dtype=np.int64)
+    heights = np.asarray(heights, dtype=np.int64)
+    grids = np.asarray(grids, dtype=np.int64).reshape(-1, 2)
+    canvas_w, canvas_h = grids[:, 0] * tile, grids[:, 1] * tile
+    # The float ratios compared as `contain_size` (and Pillow) compare them.
+    image_ratio, box_ratio = widths / heights, canvas_w / canvas_h
+    wider, taller = image_ratio > box_ratio, image_ratio < box_ratio
+    fit_w = np.where(taller, np.round(widths / heights * canvas_h), canvas_w).astype(np.int64)
+    fit_h = np.where(wider, np.round(heights / widths * canvas_w), canvas_h).astype(np.int64)
+    canvas = canvas_w * canvas_h
+    return canvas, canvas - fit_w * fit_h
 
 
 def to_rgb(image: Image.Image, background: tuple[int, int, int] | None = None) -> Image.Image:

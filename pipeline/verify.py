@@ -304,7 +304,7 @@ def _check_images(
         elif in_span[offset : offset + count].any():
             problems.append(f"image {index}: its span at offset {offset} overlaps another image's")
         in_span[max(offset, 0) : offset + count] = True
-        cropping = images_in_document[int(document_of[index])] <= 2
+        cropping = tiling.cropping_for(images_in_document[int(document_of[index])])
         size = (image["width_px"], image["height_px"])
         if min(size) >= 1 and tiling.best_grid(size, shape, cropping=cropping) != tuple(grid):
             problems.append(

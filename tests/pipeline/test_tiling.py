@@ -341,3 +341,24 @@ def test_normalize_rejects_wrong_input():
         tiling.normalize(np.zeros((4, 4, 3), np.float32))
     with pytest.raises(ValueError, match="out must be"):
         tiling.normalize(np.zeros((4, 4, 3), np.uint8), out=np.zeros((4, 4, 3), np.float32))
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 5000), st.integers(1, 5000), st.integers(1, 9), st.integers(1, 9)),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_padded_pixels_is_contain_size_vectorised(images):
+    """The one padding arithmetic (filters, statistics and `vl2prep tile` use it) equals `contain_size`."""
+    widths, heights, grid_w, grid_h = (np.array(column) for column in zip(*images, strict=True))
+    canvas, padding = tiling.padded_pixels(widths, heights, np.stack([grid_w, grid_h], axis=1), 384)
+    for (width, height, gw, gh), area, pad in zip(images, canvas, padding, strict=True):
+        fit = tiling.contain_size((width, height), (gw * 384, gh * 384))
+        assert area == gw * gh * 384 * 384 and pad == area - fit[0] * fit[1]
+
+
+def test_cropping_is_for_samples_of_at_most_two_images():
+    assert [tiling.cropping_for(n) for n in range(5)] == [True, True, True, False, False]
+    assert tiling.cropping_for(np.array([1, 2, 3])).tolist() == [True, True, False]
