@@ -24,11 +24,13 @@ import yaml
 
 import model_shapes
 from pipeline import ingest, shards
+from pipeline import packing as packing_options
 from pipeline import tokenizer as tokenizers
-from pipeline.dedup import DedupOptions, parse_dedup
+from pipeline.decontam import DecontamOptions, parse_decontaminate
+from pipeline.dedup import parse_dedup
 from pipeline.errors import ConfigError
-from pipeline.filters import FILTERS, Filters, parse_filters
-from pipeline.ingest import Reader
+from pipeline.filters import FILTERS, parse_filters
+from pipeline.partition import OutputPlan, SourcePlan
 from pipeline.sequence import OVERFLOW_POLICIES, SequenceOptions
 from pipeline.templates import PROMPT_LISTS, TemplateConfig
 
@@ -45,7 +47,7 @@ REFERENCE: list[tuple[str, str, str]] = [
     (
         "model_shape",
         "tiny",
-        "tiny | small | base | toy, or a path to a shape JSON file or an official config.json",
+        "tiny, small, base or toy, or a path to a shape JSON file or an official config.json",
     ),
     (
         "tokenizer",
@@ -63,14 +65,24 @@ REFERENCE: list[tuple[str, str, str]] = [
     ),
     ("sources[].format", "(required)", "the input format: " + ", ".join(sorted(ingest.READERS))),
     ("sources[].path", "(required)", "a file, a folder or a glob (relative to the config file), or a URI"),
-    ("sources[].images_root", "folder of path", "where image paths of the records are resolved"),
+    (
+        "sources[].images_root",
+        "folder of path",
+        "where image paths of the records are resolved; absolute paths are accepted when they resolve "
+        "inside it",
+    ),
     ("sources[].render", "the kind's default", "chat or plain, for kinds that allow both (caption, ocr)"),
     (
         "sources[].prompts",
         "shipped lists",
         "prompt lists replacing the shipped ones: " + ", ".join(PROMPT_LISTS),
     ),
-    ("sources[].system", '""', "system text for chat renderings of samples that carry none"),
+    (
+        "sources[].system",
+        '""',
+        "system text for chat renderings of samples that carry none, rendered exactly as a system message "
+        "(see Templates and labels)",
+    ),
     *(
         (
             f"sources[].filters.{spec.name}",
@@ -84,12 +96,33 @@ REFERENCE: list[tuple[str, str, str]] = [
     (
         "sources[].dedup",
         "off",
-        "exact deduplication by sample, image and/or text: a list of those, or {by: [...], "
-        "across_sources: true, image_hash: bytes or pixels}; the first copy in config and file order is kept",
+        "exact deduplication by sample, image and/or text, and near-duplicate images by image_near: a list "
+        "of those, or {by: [...], across_sources: true, image_hash: bytes or pixels, near_distance: 10}; the "
+        "first copy in config and file order is kept",
+    ),
+    (
+        "sources[].dedup.near_distance",
+        "10",
+        "with image_near: drop a sample whose image is within this many bits (0-16) of the 64-bit DCT pHash "
+        "of an image of any earlier sample",
+    ),
+    (
+        "decontaminate",
+        "off",
+        "{sets: [{name, images, texts}], image_distance: 10, ngram: 13}: reject samples whose image is "
+        "within image_distance bits of an evaluation image (eval_image_overlap) or whose text shares an "
+        "ngram-word n-gram with an evaluation text (eval_text_overlap); images and texts: files, folders, "
+        "globs or URIs",
     ),
     ("sequence.max_seq_len", "the shape's (4096)", "longest sequence in tokens"),
     ("sequence.overflow", "drop", "what happens to longer samples: " + ", ".join(OVERFLOW_POLICIES)),
-    ("sequence.packing", "false", "pack samples into rows of exactly max_seq_len tokens"),
+    (
+        "sequence.packing",
+        "false",
+        "true: pack samples into rows of exactly max_seq_len tokens (within each input file); or "
+        "{max_tiles: N, buffer: 1024}: also at most N tiles per row (a sample needing more is rejected, "
+        "too_many_tiles)",
+    ),
     ("sequence.embed_images", "true", "store image bytes in the rows (false: only their paths)"),
     (
         "output.dir",
@@ -103,17 +136,29 @@ REFERENCE: list[tuple[str, str, str]] = [
         "target size of a shard file (bytes, or 64MiB, 1GB, ...; at most 64GiB)",
     ),
     ("output.compression", "zstd", "Parquet compression: " + ", ".join(COMPRESSIONS)),
+    (
+        "output.shared",
+        "false",
+        "true: a local output.dir is a mount every node of a multi-node Ray cluster sees (NFS, Lustre, ...); "
+        "without it a local output.dir on a multi-node cluster stops the job before any work",
+    ),
     ("output.stats", "true", "write OUT/stats/ (stats.json, report.html, report.md) at the end of the job"),
-    ("ray.address", "null", "null: an embedded local Ray (or RAY_ADDRESS when set); auto or an address"),
+    (
+        "ray.address",
+        "null",
+        "null: an embedded local Ray (or RAY_ADDRESS when set); `local`: always the embedded Ray; `auto` or "
+        "an address: join a running cluster, which must use token authentication (the address must answer "
+        "within 30 s)",
+    ),
     ("ray.num_cpus", "null", "CPUs of the embedded local Ray (null: all of this machine's)"),
 ]
 
 _SECTIONS: dict[str, tuple[str, ...]] = {
     "sequence": ("max_seq_len", "overflow", "packing", "embed_images"),
-    "output": ("dir", "shard_target_bytes", "compression", "stats"),
+    "output": ("dir", "shard_target_bytes", "compression", "stats", "shared"),
     "ray": ("address", "num_cpus"),
 }
-_TOP_KEYS = ("model_shape", "tokenizer", "sources", *_SECTIONS)
+_TOP_KEYS = ("model_shape", "tokenizer", "sources", "decontaminate", *_SECTIONS)
 
 
 @dataclass(frozen=True)
@@ -126,14 +171,13 @@ class JobConfig:
     tokenizer_path: str  # a shipped tokenizer's name (`pipeline.tokenizer.NAMES`) or a file or folder
     tokenizer_kind: str | None
     tokenizer_sha256: str
-    readers: tuple[Reader, ...]
-    sequence_options: tuple[SequenceOptions, ...]  # one per source, in source order
-    filters: tuple[Filters, ...]  # one per source (empty: none configured)
-    dedup: tuple[DedupOptions | None, ...]  # one per source (None: no deduplication)
-    packing: bool
-    output_dir: str
-    shard_target_bytes: int
-    compression: str
+    tokenizer_summary: Mapping[str, Any]  # the manifest's `tokenizer`: kind, sha256, pieces
+    sources: tuple[SourcePlan, ...]  # in config order
+    max_seq_len: int  # sequence.max_seq_len, or the shape's
+    packing: packing_options.PackingOptions | None  # sequence.packing (None: off)
+    output: OutputPlan
+    output_shared: bool  # output.shared: a local output.dir that every node of a cluster sees
+    decontaminate: DecontamOptions | None  # the evaluation sets samples must not overlap (None: off)
     write_stats: bool
     ray_address: str | None
     ray_num_cpus: int | None
@@ -146,6 +190,10 @@ class JobConfig:
     def load_tokenizer(self) -> tokenizers.Tokenizer:
         """The tokenizer, checked against the shape."""
         return tokenizers.load(self.tokenizer_path, self.shape, kind=self.tokenizer_kind)
+
+    @property
+    def output_dir(self) -> str:
+        return self.output.dir
 
 
 MAX_CONFIG_BYTES = 16 * 2**20
@@ -294,28 +342,35 @@ def parse_config(raw: object, base_dir: str | os.PathLike[str]) -> JobConfig:
 
     sequence = sections["sequence"]
     max_seq_len = _optional_int(sequence, "max_seq_len", "sequence", minimum=3)
+    shape_limit = tokenizer.shape.max_seq_len
+    if (max_seq_len or shape_limit) > shape_limit:
+        raise ConfigError(
+            f"sequence.max_seq_len: {max_seq_len} exceeds the model shape's max_seq_len {shape_limit}"
+        )
     overflow = sequence.get("overflow", "drop")
     if overflow not in OVERFLOW_POLICIES:
         raise ConfigError(f"sequence.overflow: {overflow!r} is not one of {', '.join(OVERFLOW_POLICIES)}")
-    packing = _bool(sequence, "packing", "sequence", False)
+    packing = packing_options.parse_packing(sequence.get("packing", False), "sequence.packing")
     embed_images = _bool(sequence, "embed_images", "sequence", True)
-    options = []
-    for index, source in enumerate(raw["sources"]):
+    plans = []
+    for index, (source, reader) in enumerate(zip(raw["sources"], readers, strict=True)):
         try:
             templates = TemplateConfig(
                 render=source.get("render"), prompts=source.get("prompts"), system=source.get("system", "")
             )
         except ValueError as error:
             raise ConfigError(f"sources[{index}]: {error}") from None
-        options.append(
-            SequenceOptions(
-                max_seq_len=max_seq_len, overflow=overflow, embed_images=embed_images, templates=templates
+        plans.append(
+            SourcePlan(
+                index=index,
+                name=reader.config.name,
+                reader=reader,
+                sequence=SequenceOptions(
+                    max_seq_len=max_seq_len, overflow=overflow, embed_images=embed_images, templates=templates
+                ),
+                filters=source_filters[index],
+                dedup=source_dedup[index],
             )
-        )
-    shape_limit = tokenizer.shape.max_seq_len
-    if (max_seq_len or shape_limit) > shape_limit:
-        raise ConfigError(
-            f"sequence.max_seq_len: {max_seq_len} exceeds the model shape's max_seq_len {shape_limit}"
         )
 
     output = sections["output"]
@@ -353,14 +408,19 @@ def parse_config(raw: object, base_dir: str | os.PathLike[str]) -> JobConfig:
         tokenizer_path=tokenizer_path,
         tokenizer_kind=tokenizer_kind,
         tokenizer_sha256=tokenizer.identity,
-        readers=readers,
-        sequence_options=tuple(options),
-        filters=source_filters,
-        dedup=source_dedup,
+        tokenizer_summary={
+            "kind": tokenizer.kind,
+            "sha256": tokenizer.identity,
+            "pieces": tokenizer.piece_count,
+        },
+        sources=tuple(plans),
+        max_seq_len=max_seq_len or shape_limit,
         packing=packing,
-        output_dir=_resolve(output["dir"], base),
-        shard_target_bytes=target,
-        compression=compression,
+        output=OutputPlan(
+            dir=_resolve(output["dir"], base), shard_target_bytes=target, compression=compression
+        ),
+        output_shared=_bool(output, "shared", "output", False),
+        decontaminate=parse_decontaminate(raw.get("decontaminate"), "decontaminate", base),
         write_stats=_bool(output, "stats", "output", True),
         ray_address=address,
         ray_num_cpus=_optional_int(ray_section, "num_cpus", "ray", minimum=1),

@@ -1,156 +1,121 @@
 """The pretokenize job: sources → samples → token sequences → Parquet shards and a manifest, on Ray.
 
-The walk, one input file (a *partition*) at a time:
+The job is thin: the work of one input file (a *partition*) is `pipeline.partition.PartitionWorker`, a
+plain function of the config; this module plans, runs partitions on Ray actors, and commits.
 
-1. plan (driver, before Ray starts): validate the config, take the output folder's lease, settle what an
-   earlier run left (below), list every source's files; partitions already finished by an earlier,
-   interrupted run are skipped.
-2. read (Ray tasks, one per partition): the source's reader turns the file into `schemas.sample` and
-   `schemas.reject` rows, staged under `OUT/_staging/` (image bytes go to disk once, never through the
-   object store).
-3. sequence (a Ray actor pool, the tokenizer loaded once per actor): the source's filters
-   (`pipeline.filters`) measure the staged samples and drop those out of bounds, the rest become
-   `schemas.shard` rows and sequence-stage rejects, and the dedup keys of the built samples are staged
-   (`pipeline.dedup`); a `done` marker, written last, finishes the partition.
-3b. dedup (Ray tasks, only when a source dedups): a hash-partitioned shuffle of all staged keys finds every
-   key's first copy by (partition order, row); the later copies are staged per partition (`jobs.dedup`).
-4. commit (driver, streaming, one partition at a time): rows in config order → size-targeted shards
-   `OUT/shards/<source>/part-NNNNN.parquet` (or `OUT/shards/packed/` with packing), rejects →
-   `OUT/rejects/part-NNNNN.parquet`, duplicates removed and rejected, filter measurements →
-   `OUT/filters/part-NNNNN.parquet`, then (the lease confirmed) `OUT/manifest.json`, atomically, last.
-   Staging is removed.
+1. plan (driver, before any work): validate the config, take the output folder's lease, settle what an
+   earlier run left (below), list every source's files; partitions an interrupted run finished are
+   skipped. A local `output.dir` on a Ray cluster of more than one node stops here (exit 2) unless
+   `output.shared: true` says every node sees it: a worker's files must land where the driver commits.
+2. dedup keys (only when a source dedups): each partition's worker reads, filters and builds its samples
+   and stages only their dedup keys (`_staging/keys/<partition>.parquet`, a few dozen bytes per sample);
+   a hash-partitioned shuffle of the keys on Ray finds every key's first copy (`jobs.dedup`) and stages
+   each partition's duplicates. Reading the input twice is cheaper than staging its image bytes.
+3. write (Ray actors, one partition at a time each, the tokenizer loaded once per actor): the worker marks
+   the partition started (`_staging/started/<partition>.json`), writes its final, compressed, checksummed
+   files in place, one record batch at a time (`shards/<source>/part-<partition>-<k>.parquet`,
+   `rejects/part-<partition>-<k>.parquet`, `filters/part-<partition>-<k>.parquet`; `shards/packed/` with
+   packing, which packs within a partition), and returns a small record (counts, files, sizes, sha256),
+   also staged as `_staging/done/<partition>.json`, the mark that the partition is finished.
+4. commit (driver): the records in config and file order → `OUT/manifest.json`, written (the lease
+   confirmed) atomically and last. No row and no image byte passes through the driver.
 
-Determinism: partitions are committed in config and file order, rows in record order, and shard files
-depend only on the rows, so the same inputs and config give byte-identical outputs wherever they live.
-A run killed at any point resumes from the partition markers; a finished output is left alone unless
-`--overwrite`.
+Determinism: a partition's files depend only on the config, its input file and its place in the plan, so
+the same inputs and config give byte-identical outputs however the work is scheduled, on one machine or
+many. A run killed at any point resumes: finished partitions are kept, a started one is redone (its files
+removed first), and the staging folder is only resumed by the same config, code and list of input files.
 
 The output folder is the job's own (`pipeline.shards`): one job at a time holds its lease, and the job
-deletes only files it wrote, as its manifest or its staging records list them. An earlier run's output
+deletes only files it wrote, as its manifest or its staging records say. An earlier run's output
 is settled before any work:
 - a manifest of this config whose listed files are all there with their sizes: complete, nothing is
   written (sizes only: a full sha256 pass over every shard is what `vl2prep verify` is for);
 - a manifest of this config with a listed file missing or of another size: the output is unfinished;
   the job says which file, removes the output (below) and runs again;
 - a manifest of another config: exit 2, unless `--overwrite`, which removes the output: the staging
-  folder with the finished files its records place, the statistics files vl2prep writes (`STATS_FILES`),
-  every file the manifest lists, then the manifest itself (last, so that a removal that stops midway is
-  finished by the next run), then those folders if they are left empty. Nothing else is touched.
+  folder with the files of the partitions it marked started, the statistics files vl2prep writes
+  (`STATS_FILES`), every file the manifest lists, then the manifest itself (last, so that a removal that
+  stops midway is finished by the next run), then those folders if they are left empty. Nothing else is
+  touched.
 A manifest that is not vl2prep's (not JSON, or listing paths vl2prep never writes), a `_staging/` folder
-without the job's claim, or a file in `shards/`, `rejects/` or `filters/` that no manifest or staging
-record lists stops the job (`OutputError`) before it deletes or writes anything.
+without the job's claim, or a file in `shards/`, `rejects/` or `filters/` that neither the manifest nor a
+started partition accounts for stops the job (`OutputError`) before it deletes or writes anything.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import posixpath
 import re
+import resource
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from jobs import dedup as dedup_stage
 from jobs.config import JobConfig
 from jobs.ray_runtime import ray_scope, reap_stale_sessions
-from pipeline import dedup, filters, shards
-from pipeline.ingest import Counts
-from pipeline.packing import Packer
-from pipeline.sequence import SequenceBuilder
+from pipeline import filters, shards
+from pipeline.partition import Partition, PartitionWorker
+from schemas import manifest as manifest_schema
 from schemas import reject as reject_schema
 from schemas import sample as sample_schema
 from schemas import shard as shard_schema
+from schemas.manifest import Manifest, PartitionRecord, SourceTotals
 
-__all__ = ["MANIFEST_VERSION", "STATS_FILES", "OutputError", "Partition", "run"]
+__all__ = [
+    "MANIFEST_VERSION",
+    "STATS_FILES",
+    "OutputError",
+    "Partition",
+    "code_identity",
+    "make_worker",
+    "run",
+]
 
-MANIFEST_VERSION = 3
-"""3: `config_sha256` covers the tokenizer and model shape the config resolved to (2: the config alone)."""
+MANIFEST_VERSION = manifest_schema.MANIFEST_VERSION
 STAGING = shards.STAGING
 CLAIM = f"{STAGING}/job.json"
-"""The staging folder's claim: the config and code that made it. Without it, `_staging/` is not the job's."""
+"""The staging folder's claim: the config, code and input files that made it. Without it, `_staging/` is
+not the job's."""
+STARTED = f"{STAGING}/started"
+DONE = f"{STAGING}/done"
+KEYS = f"{STAGING}/keys"
 STATS_FILES = ("stats/stats.json", "stats/report.html", "stats/report.md", "stats/validation.json")
 """The files `jobs.stats` and `jobs.validate` write into an output folder (never listed in a manifest)."""
-OUTPUT_FILE = re.compile(r"(shards/[A-Za-z0-9][A-Za-z0-9._-]*|rejects|filters)/part-[0-9]{5}\.parquet")
-"""The only paths a manifest or a staging record of this job may list: shards, rejects, measurements."""
-STAGING_COMPRESSION = "none"
-"""Staged files live minutes and mostly hold image bytes that do not compress: only shards are compressed."""
-READ_TASK_MEMORY = 512 * 2**20
-"""Memory a read task reserves (Ray's logical `memory` resource): one input file's samples and images."""
-
-
-@dataclass(frozen=True)
-class Partition:
-    """One input file of one source: the unit of parallel work and of resume."""
-
-    source_index: int
-    source: str
-    file: str
-    order: int = 0  # position among all partitions (config, then file order): what "first copy" means
-
-    @property
-    def id(self) -> str:
-        """A stable name for the partition's staged files."""
-        return hashlib.sha256(f"{self.source}\0{self.file}".encode()).hexdigest()[:20]
-
-    def staged(self, what: str) -> str:
-        """Relative path of one of the partition's staged files (samples, read-rejects, rows, ...)."""
-        suffix = "json" if what == "done" else "parquet"
-        return f"{STAGING}/{what}/{self.id}.{suffix}"
-
-
-@dataclass
-class SourceTotals:
-    """What one source gave: records read, samples written, rows, rejects by reason, tokens."""
-
-    read: int = 0
-    written: int = 0
-    rows: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
-    tokens: int = 0
-    image_tokens: int = 0
-    loss_tokens: int = 0
-    seconds: float = 0.0  # worker time spent on the source's files (not in the manifest: it varies)
-
-    def add(self, done: dict[str, Any]) -> None:
-        self.seconds += done["seconds"]
-        self.read += done["read"]
-        self.written += done["written"]
-        self.rows += done["rows"]
-        self.tokens += done["tokens"]
-        self.image_tokens += done["image_tokens"]
-        self.loss_tokens += done["loss_tokens"]
-        for reason, count in done["rejected"].items():
-            self.rejected[reason] = self.rejected.get(reason, 0) + count
-
-    def remove_duplicates(self, rows: pa.Table, rejects: pa.Table) -> None:
-        """Take duplicate samples (their `rows`, their reject rows) out of the written counts."""
-        self.written -= rejects.num_rows
-        self.rows -= rows.num_rows
-        self.tokens -= _column_sum(rows, "seq_len")
-        self.image_tokens -= _column_sum(rows, "num_image_tokens")
-        self.loss_tokens -= _column_sum(rows, "num_loss_tokens")
-        for reason in rejects.column("reason").to_pylist():
-            self.rejected[reason] = self.rejected.get(reason, 0) + 1
-
-    @property
-    def rejected_total(self) -> int:
-        return sum(self.rejected.values())
+OUTPUT_FILE = manifest_schema.OUTPUT_FILE
+PART_FILE = re.compile(r"part-([0-9]{5,})-[0-9]{3,}\.parquet")
+"""A file a worker writes; the group is its partition's order."""
+PROGRESS_EVERY_S = 10.0
+"""Seconds between progress lines while partitions finish."""
+READ_THREADS = 16
+"""Threads reading the staged records of partitions an earlier run finished (small files, latency-bound)."""
 
 
 class OutputError(Exception):
     """The output folder holds something the job did not write and will not touch (a foreign manifest, a
-    foreign `_staging/`, unlisted files where shards go); the message names it and says what to do."""
+    foreign `_staging/`, unlisted files where shards go), or is a local folder other nodes of a cluster
+    cannot see; the message names it and says what to do."""
 
 
-def run(config: JobConfig, overwrite: bool = False, out_stream: Any = None) -> int:
+def run(
+    config: JobConfig,
+    overwrite: bool = False,
+    out_stream: Any = None,
+    allow_empty: bool = False,
+    verbose: bool = False,
+) -> int:
     """Run the job; returns the process exit code. Prints progress and a summary to `out_stream`.
+
+    A job that wrote no row returns 1 (after committing what it did: the rejects say why), unless
+    `allow_empty`. `verbose` passes Ray's own log lines through to the terminal.
 
     Raises `shards.LeaseHeld` when another job holds the output folder, `OutputError` when the folder
     holds files the job did not write where it would write, and `OSError` for storage failures."""
@@ -160,64 +125,185 @@ def run(config: JobConfig, overwrite: bool = False, out_stream: Any = None) -> i
         if lease.took_over:
             print(f"{config.output_dir}: {lease.took_over}.", file=out_stream)
             reap_stale_sessions()  # no straggling worker of a killed run writes beside this one
-        return _run_leased(config, out, lease, overwrite, out_stream)
+        job = _Job(config, out, lease, out_stream, verbose)
+        status = job.run(overwrite)
+    if status == 0 and job.rows == 0 and not allow_empty:
+        print(
+            f"pretokenize: the job wrote no row ({job.read} records read, {job.rejected} rejected; "
+            f"see {config.output_dir}/rejects/ or stats/report.html). Rerun with --allow-empty if an "
+            "empty output is expected.",
+            file=sys.stderr,
+        )
+        return 1
+    return status
 
 
-def _run_leased(
-    config: JobConfig, out: shards.OutputDir, lease: shards.OutputLease, overwrite: bool, out_stream: Any
-) -> int:
-    identity = config.identity()
-    previous = _previous_manifest(out)
-    if previous is not None:
-        listed = _listed_files(previous)
-        if not overwrite:
-            if previous.get("config_sha256") != identity:
+class _Job:
+    """One run of the job on a leased output folder (the module docstring's steps)."""
+
+    def __init__(
+        self,
+        config: JobConfig,
+        out: shards.OutputDir,
+        lease: shards.OutputLease,
+        out_stream: Any,
+        verbose: bool,
+    ) -> None:
+        self.config = config
+        self.out = out
+        self.lease = lease
+        self.out_stream = out_stream
+        self.verbose = verbose
+        self.rows = self.read = self.rejected = 0
+        self._eval_ref: Any = None
+
+    def run(self, overwrite: bool) -> int:
+        config, out, out_stream = self.config, self.out, self.out_stream
+        identity = config.identity()
+        previous = _previous_manifest(out)
+        if previous is not None:
+            listed = _listed_files(previous)
+            if not overwrite:
+                if previous.get("config_sha256") != identity:
+                    print(
+                        f"{config.output_dir} already holds the output of another config; "
+                        "rerun with --overwrite to replace it.",
+                        file=sys.stderr,
+                    )
+                    return 2
+                problem = _listed_file_problem(out, previous)
+                if problem is None:
+                    # A staging folder is left over only if a run stopped right after committing.
+                    _remove_staging(out, keep=listed)
+                    print(f"{config.output_dir}: complete (manifest.json present).", file=out_stream)
+                    self._count(previous)
+                    return _write_stats(config, out, out_stream)
                 print(
-                    f"{config.output_dir} already holds the output of another config; "
-                    "rerun with --overwrite to replace it.",
-                    file=sys.stderr,
+                    f"{config.output_dir}: {problem}: the output is incomplete; removing the files its "
+                    "manifest lists and running again.",
+                    file=out_stream,
                 )
-                return 2
-            problem = _listed_file_problem(out, previous)
-            if problem is None:
-                _remove_staging(out, keep=listed)  # left over only if a run stopped right after committing
-                print(f"{config.output_dir}: complete (manifest.json present).", file=out_stream)
-                return _write_stats(config, out, out_stream)
-            print(
-                f"{config.output_dir}: {problem}: the output is incomplete; removing the files its "
-                "manifest lists and running again.",
-                file=out_stream,
-            )
-        lease.check()
-        removed = _remove_output(out, previous)
-        print(f"{config.output_dir}: removed the previous output ({removed} files).", file=out_stream)
-    elif overwrite:
-        _remove_staging(out)  # an unfinished run's staged work, and the finished files it placed
-    _refuse_unlisted_files(out)
-    _claim_staging(out, identity)
+            self.lease.check()
+            removed = _remove_output(out, previous)
+            print(f"{config.output_dir}: removed the previous output ({removed} files).", file=out_stream)
+        elif overwrite:
+            _remove_staging(out)  # an unfinished run's staged work, and the files of its partitions
+        _refuse_unlisted_files(out)
 
-    started = time.perf_counter()
-    files = [
-        (index, reader.config.name, file)
-        for index, reader in enumerate(config.readers)
-        for file in reader.files()
-    ]
-    partitions = [Partition(index, name, file, order) for order, (index, name, file) in enumerate(files)]
-    pending = [p for p in partitions if not out.exists(p.staged("done"))]
-    print(
-        f"pretokenize: {len(config.readers)} sources, {len(partitions)} input files "
-        f"({len(partitions) - len(pending)} already done) → {config.output_dir}",
-        file=out_stream,
-    )
-    if pending:
-        _process(config, pending)
-    _deduplicate(config, out, partitions)
-    manifest, worker_seconds = _commit(config, out, partitions, identity)
-    lease.check()  # the manifest is the commit: only while the folder is still this job's
-    out.write_json(shards.MANIFEST, manifest)
-    _remove_staging(out, keep=_listed_files(manifest))
-    _print_summary(manifest, worker_seconds, time.perf_counter() - started, out_stream)
-    return _write_stats(config, out, out_stream, fresh=True)
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        partitions = [
+            Partition(source.index, source.name, file, order)
+            for order, (source, file) in enumerate(
+                (source, file) for source in config.sources for file in source.reader.files()
+            )
+        ]
+        _claim_staging(out, identity, partitions)
+        done = _staged_orders(out, DONE)
+        _remove_unfinished(out, done)
+        pending = [p for p in partitions if p.order not in done]
+        print(
+            f"pretokenize: {len(config.sources)} sources, {len(partitions)} input files "
+            f"({len(partitions) - len(pending)} already done) → {config.output_dir}",
+            file=out_stream,
+        )
+        records: dict[int, PartitionRecord] = {}
+        if pending:
+            self._start_ray()
+            eval_index = self._eval_index()
+            timings["plan"] = time.perf_counter() - started
+            self._deduplicate(partitions, done)
+            timings["dedup"] = time.perf_counter() - started - sum(timings.values())
+            progress = _Progress(len(pending), out_stream)
+            for record in _run_partitions(config, "write", pending, eval_index):
+                records[record.order] = record
+                progress.update(record)
+            progress.finish()
+            timings["write"] = time.perf_counter() - started - sum(timings.values())
+        records.update(_read_records(out, [p for p in partitions if p.order not in records]))
+        manifest = _manifest(config, identity, [records[p.order] for p in partitions])
+        self.lease.check()  # the manifest is the commit: only while the folder is still this job's
+        out.write_json(shards.MANIFEST, manifest.to_dict())
+        _remove_staging(out, keep={entry.path for entry in manifest.files()}, placed_known=True)
+        timings["commit"] = time.perf_counter() - started - sum(timings.values())
+        seconds = {name: 0.0 for name in manifest.sources}
+        for record in records.values():
+            seconds[record.source] += record.seconds
+        _print_summary(manifest, seconds, time.perf_counter() - started, out_stream)
+        nodes: dict[str, int] = {}
+        for record in records.values():
+            if record.node:
+                nodes[record.node] = nodes.get(record.node, 0) + 1
+        if len(nodes) > 1:
+            spread = ", ".join(f"{node[:8]} {count}" for node, count in sorted(nodes.items()))
+            print(f"input files written per Ray node: {spread}", file=out_stream)
+        stages = ", ".join(f"{name} {spent:.2f} s" for name, spent in timings.items())
+        peak = max((record.peak_rss_mib for record in records.values()), default=0.0)
+        memory = f"; worker peak memory {peak:.0f} MiB" if peak else ""
+        print(f"time: {stages}{memory}", file=out_stream)
+        self._count(manifest.to_dict())
+        return _write_stats(config, out, out_stream, fresh=True)
+
+    def _count(self, manifest: dict[str, Any]) -> None:
+        sources = manifest.get("sources") or {}
+        self.rows = sum(total.get("rows", 0) for total in sources.values())
+        self.read = sum(total.get("read", 0) for total in sources.values())
+        self.rejected = sum(total.get("rejected_total", 0) for total in sources.values())
+
+    def _start_ray(self) -> None:
+        import ray
+
+        from jobs.ray_runtime import start_ray
+
+        start_ray(self.config.ray_address, self.config.ray_num_cpus, log_to_driver=self.verbose)
+        nodes = [node for node in ray.nodes() if node.get("Alive")]
+        if len(nodes) > 1 and self.out.is_local and not self.config.output_shared:
+            raise OutputError(
+                f"output.dir {self.config.output_dir} is a local folder and the Ray cluster has {len(nodes)} "
+                "nodes: workers on other nodes would write where this driver cannot see. Use an object "
+                "store (s3://..., gs://...), or a mount that every node shares with output.shared: true"
+            )
+
+    def _eval_index(self) -> Any:
+        """The evaluation sets' index (`pipeline.decontam.EvalIndex`), built once in a Ray task and left in
+        the object store for the workers (never on the driver); None without `decontaminate`."""
+        if self.config.decontaminate is None:
+            return None
+        if self._eval_ref is None:
+            import ray
+
+            from pipeline.decontam import build_eval_index
+
+            self._eval_ref = ray.remote(build_eval_index).remote(self.config.decontaminate)
+        return self._eval_ref
+
+    def _deduplicate(self, partitions: list[Partition], done: set[int]) -> None:
+        """Step 2: the dedup keys of every deduplicating partition, then their duplicates (`jobs.dedup`),
+        unless no source dedups or this staging folder finished the stage already."""
+        config, out = self.config, self.out
+        keyed = [p for p in partitions if config.sources[p.source_index].dedup is not None]
+        if not keyed or out.exists(dedup_stage.DONE):
+            return
+        have = _staged_orders(out, KEYS, suffix=".parquet")
+        counts = {}
+        missing = [p for p in keyed if p.order not in have]
+        for order, count in _run_partitions(config, "keys", missing, self._eval_index()):
+            counts[order] = count
+        for p in keyed:
+            if p.order not in counts:
+                counts[p.order] = pq.read_metadata(out.path(_keys_path(p)), filesystem=out.fs).num_rows
+        import ray
+
+        from jobs.ray_runtime import task_cpus
+
+        print(f"dedup: {sum(counts.values())} keys of {len(keyed)} input files", file=self.out_stream)
+        dedup_stage.run_dedup(
+            config.output_dir,
+            [(p.order, p.prefix, _keys_path(p)) for p in keyed],
+            sum(counts.values()),
+            cpus=ray.cluster_resources().get("CPU", 1),
+            task_cpus=task_cpus(),
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -235,46 +321,26 @@ def _previous_manifest(out: shards.OutputDir) -> dict[str, Any] | None:
         manifest = out.read_json(shards.MANIFEST)
     except ValueError as error:
         raise OutputError(f"{where} is not JSON ({error}); {advice}") from None
-    if not isinstance(manifest, dict) or "vl2prep_manifest" not in manifest:
-        raise OutputError(f"{where} is not a vl2prep manifest (no vl2prep_manifest key); {advice}")
     try:
-        _listed_files(manifest)
+        manifest_schema.check_manifest(manifest)
     except ValueError as error:
         raise OutputError(f"{where}: {error}; {advice}") from None
     return manifest
 
 
-def _manifest_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """The manifest's file entries (shards, rejects, filter measurements); ValueError when malformed."""
-    filters_section = manifest.get("filters") or {}
-    groups = [manifest.get("shards"), manifest.get("rejects"), filters_section.get("measurements", [])]
-    entries = []
-    for group in groups:
-        if not isinstance(group, list):
-            raise ValueError("its shards, rejects and filters.measurements must be lists")
-        for entry in group:
-            path = entry.get("path") if isinstance(entry, dict) else None
-            if not isinstance(path, str) or not OUTPUT_FILE.fullmatch(path):
-                raise ValueError(f"it lists {str(path)[:200]!r}, not a file vl2prep writes")
-            if not isinstance(entry.get("bytes"), int):
-                raise ValueError(f"its entry of {path} has no size in bytes")
-            entries.append(entry)
-    return entries
-
-
 def _listed_files(manifest: dict[str, Any]) -> set[str]:
-    return {entry["path"] for entry in _manifest_entries(manifest)}
+    return {entry.path for entry in manifest_schema.check_manifest(manifest)}
 
 
 def _listed_file_problem(out: shards.OutputDir, manifest: dict[str, Any]) -> str | None:
     """The first listed file that is missing or whose size differs from the manifest's, said in words."""
-    entries = _manifest_entries(manifest)
-    infos = out.fs.get_file_info([out.path(entry["path"]) for entry in entries]) if entries else []
+    entries = manifest_schema.check_manifest(manifest)
+    infos = out.fs.get_file_info([out.path(entry.path) for entry in entries]) if entries else []
     for entry, info in zip(entries, infos, strict=True):
         if info.type != pafs.FileType.File:
-            return f"{entry['path']}, listed in manifest.json, is missing"
-        if info.size != entry["bytes"]:
-            return f"{entry['path']} has {info.size} bytes where manifest.json lists {entry['bytes']}"
+            return f"{entry.path}, listed in manifest.json, is missing"
+        if info.size != entry.bytes:
+            return f"{entry.path} has {info.size} bytes where manifest.json lists {entry.bytes}"
     return None
 
 
@@ -289,13 +355,16 @@ def _remove_output(out: shards.OutputDir, manifest: dict[str, Any]) -> int:
     return removed
 
 
-def _remove_staging(out: shards.OutputDir, keep: set[str] | frozenset[str] = frozenset()) -> None:
-    """Remove the staging folder and the finished files its records placed (but those in `keep`, listed by
-    the manifest in force), the claim last: a removal that stops midway leaves a staging folder that is
-    still recognisably the job's. `OutputError` when `_staging/` exists without the claim."""
+def _remove_staging(
+    out: shards.OutputDir, keep: set[str] | frozenset[str] = frozenset(), placed_known: bool = False
+) -> None:
+    """Remove the staging folder and the files of the partitions it marked started (but those in `keep`,
+    listed by the manifest in force; with `placed_known`, `keep` is all of them), the claim last: a removal
+    that stops midway leaves a staging folder that is still recognisably the job's. `OutputError` when
+    `_staging/` exists without the claim."""
     if not out.exists(STAGING):
         return
-    placed = sorted(_placed_files(out) - set(keep))
+    placed = [] if placed_known else sorted(_placed_files(out) - set(keep))
     for path in placed:
         out.delete_file(path)
     out.remove_empty_folders({posixpath.dirname(path) for path in placed} | {"shards"} if placed else ())
@@ -308,40 +377,69 @@ def _remove_staging(out: shards.OutputDir, keep: set[str] | frozenset[str] = fro
     out.delete(STAGING)
 
 
-def _placed_files(out: shards.OutputDir) -> set[str]:
-    """The finished files the staging folder's records place (none without a staging folder);
-    `OutputError` when `_staging/` is not the job's (no claim) or a record is not one."""
-    if not out.exists(STAGING):
-        return set()
-    if not out.exists(CLAIM):
+def _check_claimed(out: shards.OutputDir) -> None:
+    if out.exists(STAGING) and not out.exists(CLAIM):
         raise OutputError(
             f"{out.path(STAGING)} was not made by vl2prep (it holds no {posixpath.basename(CLAIM)}); "
             "move it away or choose another output.dir"
         )
-    move = f"move {out.path(STAGING)} away or choose another output.dir"
-    try:
-        placed = shards.placed_files(out)
-    except ValueError as error:
-        raise OutputError(f"{error}; {move}") from None
-    strange = sorted(path for path in placed if not OUTPUT_FILE.fullmatch(path))
-    if strange:
-        raise OutputError(
-            f"{out.path(shards.PLACED)} lists {strange[0][:200]!r}, not a file vl2prep writes; {move}"
-        )
+
+
+def _placed_files(out: shards.OutputDir, started: set[int] | None = None) -> set[str]:
+    """The files in `shards/`, `rejects/` and `filters/` that partitions this staging folder marked
+    started wrote (by their names, `part-<partition>-<k>.parquet`); none without a staging folder.
+    `OutputError` when `_staging/` is not the job's (no claim)."""
+    if not out.exists(STAGING):
+        return set()
+    _check_claimed(out)
+    started = _staged_orders(out, STARTED) if started is None else started
+    if not started:
+        return set()
+    placed = set()
+    for path in _output_files(out):
+        match = PART_FILE.fullmatch(posixpath.basename(path))
+        if match and int(match.group(1)) in started and OUTPUT_FILE.fullmatch(path):
+            placed.add(path)
     return placed
 
 
+def _output_files(out: shards.OutputDir) -> list[str]:
+    return [path for folder in ("shards", "rejects", "filters") for path in out.list_files(folder)]
+
+
 def _refuse_unlisted_files(out: shards.OutputDir) -> None:
-    """`OutputError` for a file where the job writes (shards/, rejects/, filters/) that no record of the
-    staging folder places: moving a finished file there would delete it."""
+    """`OutputError` for a file where the job writes (shards/, rejects/, filters/) that no started
+    partition of the staging folder accounts for: writing or removing there could destroy it."""
     placed = _placed_files(out)
-    for folder in ("shards", "rejects", "filters"):
-        for path in out.list_files(folder):
-            if path not in placed:
-                raise OutputError(
-                    f"{out.path(path)} was not written by this job (no manifest or staging record lists "
-                    "it); move it away or choose another output.dir"
-                )
+    for path in _output_files(out):
+        if path not in placed:
+            raise OutputError(
+                f"{out.path(path)} was not written by this job (no manifest or staging record lists "
+                "it); move it away or choose another output.dir"
+            )
+
+
+def _remove_unfinished(out: shards.OutputDir, done: set[int]) -> None:
+    """Remove the files of partitions marked started but not done (a run stopped while writing them):
+    they are written again from the start."""
+    unfinished = _staged_orders(out, STARTED) - done
+    if not unfinished:
+        return
+    for path in sorted(_placed_files(out, started=unfinished)):
+        out.delete_file(path)
+    for order in unfinished:
+        out.delete_file(f"{STARTED}/{order:05d}.json")
+
+
+def _staged_orders(out: shards.OutputDir, folder: str, suffix: str = ".json") -> set[int]:
+    """The partitions (orders) that have a staged `<order>.json` (or `suffix`) record in `folder`: one
+    listing, not one lookup per partition."""
+    orders = set()
+    for path in out.list_files(folder):
+        name = posixpath.basename(path)
+        if name.endswith(suffix) and name[: -len(suffix)].isdigit():
+            orders.add(int(name[: -len(suffix)]))
+    return orders
 
 
 def _write_stats(config: JobConfig, out: shards.OutputDir, out_stream: Any, fresh: bool = False) -> int:
@@ -362,265 +460,236 @@ def _write_stats(config: JobConfig, out: shards.OutputDir, out_stream: Any, fres
 
 
 # ------------------------------------------------------------------------------------------------
-# stages 2 and 3: the Ray part
+# the Ray part: partitions on a pool of actors, small records back
 
 
-def _process(config: JobConfig, pending: list[Partition]) -> None:
-    import ray
+class _RayWorker:
+    """Ray actor body: one `PartitionWorker` (the tokenizer loaded once), one partition at a time."""
 
-    from jobs.ray_runtime import pool_resources, start_ray, task_cpus
+    def __init__(self, config: JobConfig, eval_index: Any) -> None:
+        self.config = config
+        self.worker = make_worker(config, eval_index)
+        self.out = shards.OutputDir(config.output_dir)
 
-    start_ray(config.ray_address, config.ray_num_cpus)
-    pool_size, actor_cpus = pool_resources()
-    items = [
-        {"source_index": p.source_index, "source": p.source, "file": p.file, "order": p.order}
-        for p in pending
-    ]
-    dataset = ray.data.from_items(items, override_num_blocks=len(items))
-    # Reads are Ray tasks beside the actor pool, so that reading and tokenizing overlap on separate CPUs.
-    # A read holds one input file's samples in memory and reserves that; the differing resources also keep
-    # Ray Data from fusing the reads into the pool's actors.
-    dataset = dataset.map(ReadPartition(config), num_cpus=task_cpus(), memory=READ_TASK_MEMORY)
-    dataset = dataset.map(
-        SequencePartition,
-        fn_constructor_args=(config,),
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool_size),
-        num_cpus=actor_cpus,
-    )
-    for _ in dataset.iter_rows():
+    def keys(self, partition: Partition) -> tuple[int, int]:
+        keys = self.worker.keys(partition)
+        self.out.write_table(_keys_path(partition), keys, "none")
+        return partition.order, keys.num_rows
+
+    def write(self, partition: Partition) -> PartitionRecord:
+        self.out.write_json(
+            f"{STARTED}/{partition.prefix}.json", {"source": partition.source, "file": partition.file}
+        )
+        duplicates = None
+        if self.config.sources[partition.source_index].dedup is not None:
+            duplicates = dedup_stage.staged_duplicates(self.out, partition.prefix)
+        record = self.worker.write(partition, duplicates)
+        import ray
+
+        record.node = ray.get_runtime_context().get_node_id()
+        record.peak_rss_mib = peak_rss_mib()
+        self.out.write_json(f"{DONE}/{partition.prefix}.json", record.to_dict())
+        return record
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB: `VmHWM` where /proc has it (reset by exec, unlike
+    `ru_maxrss`, which a process started by a big parent inherits), else `ru_maxrss`."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
         pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-class ReadPartition:
-    """Ray task body: read one input file, stage its samples and reject rows."""
-
-    def __init__(self, config: JobConfig) -> None:
-        self.config = config
-
-    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
-        started = time.perf_counter()
-        partition = Partition(item["source_index"], item["source"], item["file"], item["order"])
-        reader = self.config.readers[partition.source_index]
-        out = shards.OutputDir(self.config.output_dir)
-        samples, rejects, counts = [], [], Counts()
-        for batch in reader.batches(partition.file):
-            samples.append(batch.samples)
-            rejects.append(batch.rejects)
-            counts += batch.counts
-        out.write_table(
-            partition.staged("samples"), _concat(samples, sample_schema.SCHEMA), STAGING_COMPRESSION
-        )
-        out.write_table(
-            partition.staged("read-rejects"), _concat(rejects, reject_schema.SCHEMA), STAGING_COMPRESSION
-        )
-        return {
-            **item,
-            "read": counts.read,
-            "samples": counts.samples,
-            "rejected": dict(counts.rejected),
-            "seconds": time.perf_counter() - started,
-        }
-
-
-class SequencePartition:
-    """Ray actor: holds the tokenizer (loaded once) and turns staged samples into shard rows."""
-
-    def __init__(self, config: JobConfig) -> None:
-        self.config = config
-        self.tokenizer = config.load_tokenizer()
-        self.builders = [
-            SequenceBuilder(self.tokenizer, config.shape, options) for options in config.sequence_options
-        ]
-
-    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
-        started = time.perf_counter()
-        partition = Partition(item["source_index"], item["source"], item["file"], item["order"])
-        index = partition.source_index
-        out = shards.OutputDir(self.config.output_dir)
-        samples = out.read_table(partition.staged("samples"))
-        rejects = []
-        chosen = self.config.filters[index]
-        if chosen:
-            measured = filters.measure(samples, chosen.quantities, self.config.shape, self.tokenizer)
-            dropped = filters.dropped_by(chosen, measured)
-            rejects.append(filters.reject_rows(chosen, samples, measured, dropped, partition.source))
-            measurements = filters.measurement_table(samples, measured, dropped)
-            out.write_table(partition.staged("measures"), measurements, STAGING_COMPRESSION)
-            samples = samples.filter(pc.is_null(dropped))
-        rows, built_rejects = self.builders[index].build_table(samples)
-        rejects.append(built_rejects)
-        rejected_table = pa.concat_tables(rejects)
-        out.write_table(partition.staged("rows"), rows, STAGING_COMPRESSION)
-        out.write_table(partition.staged("sequence-rejects"), rejected_table, STAGING_COMPRESSION)
-        keys = 0
-        options = self.config.dedup[index]
-        if options is not None:
-            built = samples.filter(
-                pc.invert(pc.is_in(samples.column("sample_id"), built_rejects.column("sample_id")))
-            )
-            key_rows = dedup.sample_keys(built, options, partition.order)
-            out.write_table(partition.staged("keys"), key_rows, STAGING_COMPRESSION)
-            keys = key_rows.num_rows
-        rejected = dict(item["rejected"])
-        for reason in rejected_table.column("reason").to_pylist():
-            rejected[reason] = rejected.get(reason, 0) + 1
-        done = {
-            "source": partition.source,
-            "file": partition.file,
-            "read": item["read"],
-            "written": item["samples"] - rejected_table.num_rows,
-            "rows": rows.num_rows,
-            "rejected": rejected,
-            "tokens": _column_sum(rows, "seq_len"),
-            "image_tokens": _column_sum(rows, "num_image_tokens"),
-            "loss_tokens": _column_sum(rows, "num_loss_tokens"),
-            "keys": keys,
-            "seconds": item["seconds"] + time.perf_counter() - started,
-        }
-        out.write_json(partition.staged("done"), done)
-        return {"source": partition.source, "file": partition.file, "rows": rows.num_rows}
-
-
-def _deduplicate(config: JobConfig, out: shards.OutputDir, partitions: list[Partition]) -> None:
-    """Stage 3b: find the duplicates among the staged keys (a Ray shuffle), unless no source dedups or an
-    earlier run of this staging finished it."""
-    keyed = [p for p in partitions if config.dedup[p.source_index] is not None]
-    if not keyed or out.exists(dedup_stage.DONE):
-        return
-    from jobs.ray_runtime import start_ray, task_cpus
-
-    total = sum(out.read_json(p.staged("done"))["keys"] for p in keyed)
-    start_ray(config.ray_address, config.ray_num_cpus)
-    import ray
-
-    dedup_stage.run_dedup(
-        config.output_dir,
-        [(p.order, p.id, p.staged("keys")) for p in keyed],
-        total,
-        cpus=ray.cluster_resources().get("CPU", 1),
-        task_cpus=task_cpus(),
+def make_worker(config: JobConfig, eval_index: Any = None) -> PartitionWorker:
+    """The `PartitionWorker` of a config (what each Ray actor of the job holds)."""
+    special = config.shape.special_tokens
+    assert special is not None  # the tokenizer check guarantees special ids
+    return PartitionWorker(
+        config.sources,
+        config.shape,
+        config.load_tokenizer(),
+        config.output,
+        config.packing,
+        config.max_seq_len,
+        special.pad,
+        eval_index,
     )
+
+
+def _run_partitions(config: JobConfig, method: str, partitions: list[Partition], eval_index: Any) -> Any:
+    """Run `_RayWorker.<method>` over `partitions` on a pool of actors (one per CPU, at most one per
+    partition); yields the results as they come. The actors are gone when the generator ends, so that
+    the CPUs they held are free for the next stage's tasks."""
+    if not partitions:
+        return
+    import ray
+    from ray.util import ActorPool
+
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    size = max(1, min(int(cpus), len(partitions)))
+    actor = ray.remote(_RayWorker).options(
+        num_cpus=min(1.0, cpus),
+        max_restarts=2,
+        max_task_retries=2,  # writes are idempotent
+    )
+    actors = [actor.remote(config, eval_index) for _ in range(size)]
+    try:
+        pool = ActorPool(actors)
+        for partition in partitions:
+            pool.submit(lambda worker, p: getattr(worker, method).remote(p), partition)
+        while pool.has_next():
+            yield pool.get_next_unordered()
+    finally:
+        for worker in actors:
+            ray.kill(worker)
+
+
+def _read_records(out: shards.OutputDir, partitions: list[Partition]) -> dict[int, PartitionRecord]:
+    """The staged records of partitions an earlier run finished (read in parallel: each is small)."""
+
+    def read(partition: Partition) -> PartitionRecord:
+        return PartitionRecord.from_dict(out.read_json(f"{DONE}/{partition.prefix}.json"))
+
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        return {record.order: record for record in pool.map(read, partitions)}
+
+
+def _keys_path(partition: Partition) -> str:
+    return f"{KEYS}/{partition.prefix}.parquet"
+
+
+class _Progress:
+    """Progress lines while partitions finish: files, records read / written / rejected, rate, ETA."""
+
+    def __init__(self, files: int, out_stream: Any, clock: Callable[[], float] = time.monotonic) -> None:
+        self.files = files
+        self.out_stream = out_stream
+        self.clock = clock
+        self.started = self.shown = clock()
+        self.done = self.shown_done = 0
+        self.totals = SourceTotals()
+
+    def update(self, record: PartitionRecord) -> None:
+        self.done += 1
+        self.totals.add(record.totals)
+        if self.clock() - self.shown >= PROGRESS_EVERY_S:
+            self._show()
+
+    def finish(self) -> None:
+        """The last line, unless the last update printed it."""
+        if self.done != self.shown_done:
+            self._show()
+
+    def _show(self) -> None:
+        now = self.clock()
+        self.shown, self.shown_done = now, self.done
+        elapsed = max(now - self.started, 1e-9)
+        rate = self.totals.read / elapsed
+        left = self.files - self.done
+        eta = f", about {_duration(elapsed / self.done * left)} left" if self.done and left else ""
+        print(
+            f"  {self.done}/{self.files} files · {self.totals.read:,} records read · {self.totals.written:,} "
+            f"written · {self.totals.rejected_total:,} rejected · {_rate(rate)}{eta}",
+            file=self.out_stream,
+            flush=True,
+        )
+
+
+def _rate(per_second: float) -> str:
+    return f"{per_second:,.0f} records/s" if per_second >= 1 else f"{per_second:.2f} records/s"
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 # ------------------------------------------------------------------------------------------------
-# stage 4: commit
+# commit
 
 
-def _commit(
-    config: JobConfig, out: shards.OutputDir, partitions: list[Partition], identity: str
-) -> tuple[dict[str, Any], dict[str, float]]:
-    """Write shards and rejects from the staged partitions, in order. Returns the manifest (the caller
-    writes it, last) and the worker seconds spent per source."""
-    totals = {reader.config.name: SourceTotals() for reader in config.readers}
-    rejects = shards.ShardWriter(
-        out, "rejects", reject_schema.SCHEMA, config.shard_target_bytes, config.compression
-    )
-    shard_infos: list[dict[str, Any]] = []
-    measures = shards.ShardWriter(
-        out, "filters", filters.MEASUREMENT_SCHEMA, config.shard_target_bytes, config.compression
-    )
-    packer = Packer(config.sequence_options[0].max_seq_len or config.shape.max_seq_len, _pad_id(config))
-    packed = (
-        shards.ShardWriter(
-            out, "shards/packed", shard_schema.SCHEMA, config.shard_target_bytes, config.compression
-        )
-        if config.packing
-        else None
-    )
-    for index, reader in enumerate(config.readers):
-        name = reader.config.name
-        writer = shards.ShardWriter(
-            out, f"shards/{name}", shard_schema.SCHEMA, config.shard_target_bytes, config.compression
-        )
-        for partition in (p for p in partitions if p.source_index == index):
-            totals[name].add(out.read_json(partition.staged("done")))
-            rows = out.read_table(partition.staged("rows"))
-            duplicates = dedup_stage.staged_duplicates(out, partition.id)
-            if duplicates is not None:
-                dropped = pc.fill_null(pc.is_in(rows.column("key"), duplicates.column("key")), False)
-                duplicate_rejects = dedup.reject_rows(duplicates)
-                totals[name].remove_duplicates(rows.filter(dropped), duplicate_rejects)
-                rows = rows.filter(pc.invert(dropped))
-            if packed is not None:
-                for row in rows.to_pylist():
-                    made = packer.add(row)
-                    if made:
-                        packed.write(shard_schema.to_table(made))
-            else:
-                writer.write(rows)
-            rejects.write(out.read_table(partition.staged("read-rejects")))
-            rejects.write(out.read_table(partition.staged("sequence-rejects")))
-            if duplicates is not None:
-                rejects.write(duplicate_rejects)
-            if config.filters[index]:
-                measures.write(out.read_table(partition.staged("measures")))
-        shard_infos += [{"source": name, **info.to_dict()} for info in writer.close()]
-    if packed is not None:
-        packed.write(shard_schema.to_table(packer.flush()))
-        shard_infos += [{"source": "packed", **info.to_dict()} for info in packed.close()]
-    reject_infos = [info.to_dict() for info in rejects.close()]
-    measure_infos = [info.to_dict() for info in measures.close()]
-
-    sources = {}
+def _manifest(config: JobConfig, identity: str, records: list[PartitionRecord]) -> Manifest:
+    """The manifest of the partitions' records, in config and file order."""
+    totals = {source.name: SourceTotals() for source in config.sources}
+    packing_sources: dict[str, Any] = {}
+    decontamination: dict[str, int] = {}
+    for record in records:
+        totals[record.source].add(record.totals)
+        if record.packing is not None:
+            packing_sources.setdefault(record.source, []).append(record.packing)
+        for name, count in record.decontamination.items():
+            decontamination[name] = decontamination.get(name, 0) + count
     for name, total in totals.items():
-        if total.read != total.written + total.rejected_total:
-            raise RuntimeError(
-                f"source {name}: counts do not reconcile: read {total.read} != written {total.written} "
-                f"+ rejected {total.rejected_total}"
-            )
-        sources[name] = {
-            "read": total.read,
-            "written": total.written,
-            "rows": total.rows,
-            "rejected": dict(sorted(total.rejected.items())),
-            "rejected_total": total.rejected_total,
-            "tokens": total.tokens,
-            "image_tokens": total.image_tokens,
-            "loss_tokens": total.loss_tokens,
-        }
-    tokenizer = config.load_tokenizer()
-    manifest = {
-        "vl2prep_manifest": MANIFEST_VERSION,
-        "schema_versions": {
+        total.check(name)
+    return Manifest(
+        schema_versions={
             "sample": sample_schema.SCHEMA_VERSION,
             "reject": reject_schema.SCHEMA_VERSION,
             "shard": shard_schema.SCHEMA_VERSION,
         },
-        "code": code_identity(),
-        "config": config.raw,
-        "config_sha256": identity,
-        "model_shape": {"name": config.shape.name, "fingerprint": config.shape.fingerprint()},
-        "tokenizer": {"kind": tokenizer.kind, "sha256": tokenizer.identity, "pieces": tokenizer.piece_count},
-        "max_seq_len": packer.max_seq_len,
-        "packing": (
-            {
-                "rows": packer.stats.rows,
-                "documents": packer.stats.documents,
-                "efficiency": packer.stats.efficiency,
-            }
-            if config.packing
-            else None
-        ),
-        "shards": shard_infos,
-        "rejects": reject_infos,
-        "filters": {
+        code=code_identity(),
+        config=config.raw,
+        config_sha256=identity,
+        model_shape={"name": config.shape.name, "fingerprint": config.shape.fingerprint()},
+        tokenizer=dict(config.tokenizer_summary),
+        max_seq_len=config.max_seq_len,
+        packing=_packing_summary(config, packing_sources) if config.packing else None,
+        shards=[entry for record in records for entry in record.shards],
+        rejects=[entry for record in records for entry in record.rejects],
+        filters={
             "thresholds": {
-                reader.config.name: chosen.thresholds
-                for reader, chosen in zip(config.readers, config.filters, strict=True)
-                if chosen
+                source.name: source.filters.thresholds for source in config.sources if source.filters
             },
-            "measurements": measure_infos,
+            "measurements": [entry for record in records for entry in record.measurements],
         },
-        "dedup": (
-            {"duplicates": out.read_json(dedup_stage.DONE)["duplicates"]}
-            if out.exists(dedup_stage.DONE)
-            else None
-        ),
-        "sources": sources,
+        dedup=_dedup_summary(shards.OutputDir(config.output_dir)),
+        sources=totals,
+        decontamination=decontamination or None,
+    )
+
+
+def _packing_summary(config: JobConfig, per_source: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Packed rows, documents, tokens and tiles per source and in all, with the share of the rows' token
+    (and, with max_tiles, tile) budget that documents fill."""
+    options = config.packing
+    assert options is not None
+
+    def summary(parts: list[dict[str, Any]]) -> dict[str, Any]:
+        rows = sum(part["rows"] for part in parts)
+        tokens = sum(part["tokens"] for part in parts)
+        result = {
+            "rows": rows,
+            "documents": sum(part["documents"] for part in parts),
+            "tokens": tokens,
+            "token_fill": tokens / (rows * config.max_seq_len) if rows else 0.0,
+        }
+        if options.max_tiles is not None:
+            tiles = sum(part["tiles"] for part in parts)
+            result.update(tiles=tiles, tile_fill=tiles / (rows * options.max_tiles) if rows else 0.0)
+        return result
+
+    everything = [part for parts in per_source.values() for part in parts]
+    return {
+        **summary(everything),
+        "max_tiles": options.max_tiles,
+        "buffer": options.buffer,
+        "sources": {name: summary(parts) for name, parts in per_source.items()},
     }
-    return manifest, {name: total.seconds for name, total in totals.items()}
 
 
+def _dedup_summary(out: shards.OutputDir) -> dict[str, Any] | None:
+    """The dedup stage's result (duplicates; with image_near, near duplicates and the distance histogram)."""
+    if not out.exists(dedup_stage.DONE):
+        return None
+    return {key: value for key, value in out.read_json(dedup_stage.DONE).items() if key != "buckets"}
+
+
+@functools.cache
 def code_identity() -> dict[str, str]:
     """The package version and a sha256 over the source of the four packages (relative paths and bytes)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -637,9 +706,13 @@ def code_identity() -> dict[str, str]:
     return {"version": release, "source_sha256": digest.hexdigest()}
 
 
-def _claim_staging(out: shards.OutputDir, identity: str) -> None:
-    """Keep staged work only if this config and this code made it; otherwise start over."""
-    claim = {"config_sha256": identity, "code": code_identity()}
+def _claim_staging(out: shards.OutputDir, identity: str, partitions: list[Partition]) -> None:
+    """Keep staged work only if this config, this code and this list of input files made it (a partition's
+    files are named by its place in the list); otherwise start over."""
+    listing = hashlib.sha256()
+    for partition in partitions:
+        listing.update(f"{partition.source}\0{partition.file}\0".encode())
+    claim = {"config_sha256": identity, "code": code_identity(), "inputs_sha256": listing.hexdigest()}
     try:
         if out.exists(CLAIM) and out.read_json(CLAIM) == claim:
             return
@@ -649,22 +722,8 @@ def _claim_staging(out: shards.OutputDir, identity: str) -> None:
     out.write_json(CLAIM, claim)
 
 
-def _concat(tables: Sequence[pa.Table], schema: pa.Schema) -> pa.Table:
-    return pa.concat_tables(tables) if tables else schema.empty_table()
-
-
-def _column_sum(table: pa.Table, column: str) -> int:
-    return int(pc.sum(table.column(column)).as_py() or 0) if table.num_rows else 0
-
-
-def _pad_id(config: JobConfig) -> int:
-    special = config.shape.special_tokens
-    assert special is not None  # the tokenizer check guarantees special ids
-    return special.pad
-
-
 def _print_summary(
-    manifest: dict[str, Any], worker_seconds: dict[str, float], seconds: float, out_stream: Any
+    manifest: Manifest, worker_seconds: dict[str, float], seconds: float, out_stream: Any
 ) -> None:
     header = (
         "source",
@@ -679,22 +738,22 @@ def _print_summary(
         "rec/s",
     )
     counted: dict[str, int] = {}
-    for info in manifest["shards"]:
-        counted[info["source"]] = counted.get(info["source"], 0) + 1
+    for entry in manifest.shards:
+        counted[entry.source or ""] = counted.get(entry.source or "", 0) + 1
     lines = [header]
-    for name, total in manifest["sources"].items():
+    for name, total in manifest.sources.items():
         lines.append(
             (
                 name,
-                str(total["read"]),
-                str(total["written"]),
-                str(total["rejected_total"]),
-                str(total["rows"]),
-                str(total["tokens"]),
-                str(total["image_tokens"]),
-                str(total["loss_tokens"]),
+                str(total.read),
+                str(total.written),
+                str(total.rejected_total),
+                str(total.rows),
+                str(total.tokens),
+                str(total.image_tokens),
+                str(total.loss_tokens),
                 str(counted.get(name, 0)),
-                f"{total['read'] / worker_seconds[name]:.0f}" if worker_seconds.get(name) else "",
+                f"{total.read / worker_seconds[name]:.0f}" if worker_seconds.get(name) else "",
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -705,25 +764,33 @@ def _print_summary(
             for i, (cell, w) in enumerate(zip(line, widths, strict=True))
         ]
         print("  ".join(cells), file=out_stream)
-    read = sum(t["read"] for t in manifest["sources"].values())
+    read = sum(total.read for total in manifest.sources.values())
     rejected: dict[str, int] = {}
-    for total in manifest["sources"].values():
-        for reason, count in total["rejected"].items():
+    for total in manifest.sources.values():
+        for reason, count in total.rejected.items():
             rejected[reason] = rejected.get(reason, 0) + count
     reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(rejected.items())) or "none"
     print(f"\nrejects by reason: {reasons}", file=out_stream)
     filter_reasons = {spec.reason for spec in filters.FILTERS.values()}
-    if manifest["filters"]["thresholds"]:
+    if manifest.filters["thresholds"]:
         dropped = sum(count for reason, count in rejected.items() if reason in filter_reasons)
-        measured = sum(entry["rows"] for entry in manifest["filters"]["measurements"])
+        measured = sum(entry.rows for entry in manifest.filters["measurements"])
         print(f"filters: {dropped} of {measured} measured samples dropped (OUT/filters/)", file=out_stream)
-    if manifest["dedup"] is not None:
-        print(f"dedup: {manifest['dedup']['duplicates']} duplicates dropped", file=out_stream)
-    if manifest["packing"]:
-        packing = manifest["packing"]
-        print(f"packing: {packing['rows']} rows, efficiency {packing['efficiency']:.1%}", file=out_stream)
+    if manifest.dedup is not None:
+        print(f"dedup: {manifest.dedup['duplicates']} duplicates dropped", file=out_stream)
+    if manifest.decontamination:
+        found = ", ".join(f"{name} {count}" for name, count in sorted(manifest.decontamination.items()))
+        print(f"decontamination: samples overlapping evaluation sets: {found}", file=out_stream)
+    if manifest.packing:
+        packing = manifest.packing
+        tiles = f", tile fill {packing['tile_fill']:.1%}" if "tile_fill" in packing else ""
+        print(
+            f"packing: {packing['rows']} rows of {packing['documents']} documents, token fill "
+            f"{packing['token_fill']:.1%}{tiles}",
+            file=out_stream,
+        )
     print(
-        f"{read} records in {seconds:.1f} s ({read / max(seconds, 1e-9):.0f} records/s; a source's rec/s is "
-        f"per worker-second spent on its files); {len(manifest['shards'])} shards, manifest.json written.",
+        f"{read} records in {seconds:.1f} s ({_rate(read / max(seconds, 1e-9))}; a source's rec/s is per "
+        f"worker-second spent on its files); {len(manifest.shards)} shards, manifest.json written.",
         file=out_stream,
     )

@@ -113,8 +113,11 @@ def start_ray(
     num_cpus: int | None = None,
     object_store_memory: int | None = None,
     connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    log_to_driver: bool = False,
 ) -> bool:
     """Start an embedded Ray or join a cluster, once per process (see the module docstring).
+    `log_to_driver` passes the workers' output to this process's terminal (off: vl2prep prints its own
+    progress).
 
     Returns False when Ray was already initialised in this process (it is reused as it is, and the
     caller must not stop it), True when this call started or joined it. Raises `RayStartError`.
@@ -122,9 +125,9 @@ def start_ray(
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         return False
     if is_embedded(address, os.environ):
-        _start_embedded(num_cpus, object_store_memory)
+        _start_embedded(num_cpus, object_store_memory, log_to_driver)
     else:
-        _join_cluster(address, connect_timeout_s)
+        _join_cluster(address, connect_timeout_s, log_to_driver)
     return True
 
 
@@ -160,7 +163,7 @@ def ray_scope() -> Iterator[None]:
             stop_ray()
 
 
-def _start_embedded(num_cpus: int | None, object_store_memory: int | None) -> None:
+def _start_embedded(num_cpus: int | None, object_store_memory: int | None, log_to_driver: bool) -> None:
     global _embedded, _atexit_registered
     session_dir, lock_descriptor = _make_session_dir()
     token_path = os.path.join(session_dir, "auth_token")
@@ -186,14 +189,14 @@ def _start_embedded(num_cpus: int | None, object_store_memory: int | None) -> No
             _node_ip_address="127.0.0.1",
             _temp_dir=os.path.join(session_dir, "ray"),
             configure_logging=False,
-            log_to_driver=False,
+            log_to_driver=log_to_driver,
         )
     except Exception as error:
         stop_ray()
         raise RayStartError(f"could not start the embedded Ray: {_one_line(error)}") from error
 
 
-def _join_cluster(address: str | None, connect_timeout_s: float) -> None:
+def _join_cluster(address: str | None, connect_timeout_s: float, log_to_driver: bool) -> None:
     _apply_environment(ray_environment(address, os.environ))
     _sync_imported_ray()
     import ray
@@ -206,7 +209,7 @@ def _join_cluster(address: str | None, connect_timeout_s: float) -> None:
         raise RayStartError(f"no Ray cluster to join at {shown}: {_one_line(error)}") from error
     _wait_for_port(endpoint, connect_timeout_s, shown)
     try:
-        ray.init(address=address)
+        ray.init(address=address, log_to_driver=log_to_driver)
     except (ConnectionError, RuntimeError, ray.exceptions.RayError) as error:
         cause = error.__cause__ or error
         if "InvalidAuthToken" in str(cause):

@@ -7,9 +7,9 @@ finished files, and `manifest.json`, written last and atomically: a reader trust
 manifest lists, with their sizes and sha256. Writes are deterministic: the same rows in the same
 order give byte-identical shard files (fixed row-group size, no timestamps, no absolute paths).
 
-Ownership: a job deletes only files it wrote. Before `ShardWriter.close()` moves finished files out of
-`_staging/` it records their final paths in `_staging/placed/` (`placed_files`), so that whoever
-removes an unfinished staging folder also removes the finished files it placed, and nothing else.
+Ownership: a job deletes only files it wrote. Shard files are written in place under names fixed by
+their partition (`ShardWriter`'s `prefix`), so that whoever owns the partition's staged record can tell
+which files it may remove, and nothing else (`jobs.pretokenize`).
 `check_output_location` refuses folders that no job may own (`/`, a home folder, a filesystem root,
 an input folder or one that holds or lies inside an input).
 
@@ -54,7 +54,6 @@ __all__ = [
     "LEASE_TIMEOUT",
     "MANIFEST",
     "MAX_SHARD_BYTES",
-    "PLACED",
     "STAGING",
     "LeaseError",
     "LeaseHeld",
@@ -65,13 +64,11 @@ __all__ = [
     "ShardWriter",
     "check_output_location",
     "parse_size",
-    "placed_files",
+    "shard_name",
 ]
 
 MANIFEST = "manifest.json"
 STAGING = "_staging"
-PLACED = f"{STAGING}/placed"
-"""Records of the finished files a `ShardWriter` moved out of staging (one JSON list per writer folder)."""
 MAX_SHARD_BYTES = 64 * 2**30
 """The largest `shard_target_bytes` accepted: beyond it a value is a mistake, not a shard size."""
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
@@ -128,6 +125,10 @@ class OutputDir:
         """The filesystem path of `relative` inside the folder."""
         return posixpath.join(self.root, relative)
 
+    def subfolder(self, relative: str) -> OutputDir:
+        """The folder `relative` inside this one, on the same filesystem (a URI stays a URI)."""
+        return OutputDir(posixpath.join(self.location.rstrip("/"), relative))
+
     def exists(self, relative: str) -> bool:
         """Whether a file or folder exists at `relative`."""
         return self.fs.get_file_info(self.path(relative)).type != pafs.FileType.NotFound
@@ -138,8 +139,13 @@ class OutputDir:
             return stream.read()
 
     def write_bytes(self, relative: str, data: bytes) -> None:
-        """Write a file atomically: to a temporary name beside it, then moved into place."""
+        """Write a file atomically: locally to a temporary name beside it, then moved into place; on an
+        object store directly (a PUT is atomic there, and a move would copy)."""
         self.fs.create_dir(posixpath.dirname(self.path(relative)), recursive=True)
+        if not self.is_local:
+            with self.fs.open_output_stream(self.path(relative)) as stream:
+                stream.write(data)
+            return
         temporary = self.path(relative + ".tmp")
         with self.fs.open_output_stream(temporary) as stream:
             stream.write(data)
@@ -154,8 +160,11 @@ class OutputDir:
         return json.loads(self.read_bytes(relative))
 
     def write_table(self, relative: str, table: pa.Table, compression: str = "zstd") -> None:
-        """Write one Parquet file atomically (used for staged partition outputs)."""
+        """Write one Parquet file atomically, as `write_bytes` does (used for staged dedup keys)."""
         self.fs.create_dir(posixpath.dirname(self.path(relative)), recursive=True)
+        if not self.is_local:
+            pq.write_table(table, self.path(relative), filesystem=self.fs, compression=compression)
+            return
         temporary = self.path(relative + ".tmp")
         pq.write_table(table, temporary, filesystem=self.fs, compression=compression)
         self.fs.move(temporary, self.path(relative))
@@ -266,14 +275,19 @@ class _HashingSink:
             self.closed = True
 
 
+def shard_name(folder: str, prefix: str, index: int) -> str:
+    """The relative path of a writer's `index`-th file: `folder/part-<prefix>-<index:03d>.parquet`."""
+    return posixpath.join(folder, f"part-{prefix}-{index:03d}.parquet")
+
+
 class ShardWriter:
-    """Writes rows of one schema into `folder/part-NNNNN.parquet` files of about `target_bytes`.
+    """Writes rows of one schema into `folder/part-<prefix>-NNN.parquet` files of about `target_bytes`.
 
     Rows are grouped into row groups of exactly `row_group_rows` rows (the last may be shorter),
     and a file is closed once its size reaches the target, so file boundaries and bytes depend
-    only on the rows and their order, never on how they were batched on the way in. Files go to
-    `_staging/<folder>/` first and are moved into place by `close()`, which returns their
-    manifest entries.
+    only on the rows and their order, never on how they were batched on the way in. Files are written
+    in place, streamed (one row group in memory), and hashed as they are written; `close()` returns
+    their manifest entries. A file is only trusted once a manifest lists it with its size and sha256.
     """
 
     def __init__(
@@ -284,6 +298,7 @@ class ShardWriter:
         target_bytes: int,
         compression: str = "zstd",
         row_group_rows: int = 1024,
+        prefix: str = "00000",
     ) -> None:
         self.out = out
         self.folder = folder
@@ -291,6 +306,7 @@ class ShardWriter:
         self.target_bytes = target_bytes
         self.compression = compression
         self.row_group_rows = row_group_rows
+        self.prefix = prefix
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self._writer: pq.ParquetWriter | None = None
@@ -298,7 +314,7 @@ class ShardWriter:
         self._rows = 0
         self._first: str | None = None
         self._last: str | None = None
-        self._staged: list[ShardInfo] = []
+        self._finished: list[ShardInfo] = []
 
     def write(self, rows: pa.Table | pa.RecordBatch | Iterable[pa.RecordBatch]) -> None:
         """Append rows (in order)."""
@@ -320,24 +336,11 @@ class ShardWriter:
                 self._write_group(self.row_group_rows)
 
     def close(self) -> list[ShardInfo]:
-        """Flush, record the final paths in `_staging/placed/`, move the files into place and return their
-        manifest entries, in order."""
+        """Flush and finish the last file; returns the manifest entries of every file, in order."""
         if self._pending_rows:
             self._write_group(self._pending_rows)
         self._finish_file()
-        if self._staged:
-            self._record_placed()
-        for info in self._staged:
-            self.out.fs.create_dir(posixpath.dirname(self.out.path(info.path)), recursive=True)
-            self.out.fs.move(self.out.path(posixpath.join(STAGING, info.path)), self.out.path(info.path))
-        return list(self._staged)
-
-    def _record_placed(self) -> None:
-        """Add this writer's final paths to its placement record before any file moves there: a run that
-        stops between the moves and its manifest leaves finished files that only this record names."""
-        record = placed_record(self.folder)
-        earlier = self.out.read_json(record) if self.out.exists(record) else []
-        self.out.write_json(record, sorted({*earlier, *(info.path for info in self._staged)}))
+        return list(self._finished)
 
     def _write_group(self, rows: int) -> None:
         table = pa.Table.from_batches(self._pending, schema=self.schema)
@@ -357,9 +360,9 @@ class ShardWriter:
             self._finish_file()
 
     def _open_file(self) -> None:
-        relative = posixpath.join(STAGING, self._current_name())
-        self.out.fs.create_dir(posixpath.dirname(self.out.path(relative)), recursive=True)
-        self._sink = _HashingSink(self.out.fs.open_output_stream(self.out.path(relative)))
+        path = self.out.path(self._current_name())
+        self.out.fs.create_dir(posixpath.dirname(path), recursive=True)
+        self._sink = _HashingSink(self.out.fs.open_output_stream(path))
         self._writer = pq.ParquetWriter(self._sink, self.schema, compression=self.compression)
 
     def _finish_file(self) -> None:
@@ -367,7 +370,7 @@ class ShardWriter:
             return
         self._writer.close()
         self._sink.close()
-        self._staged.append(
+        self._finished.append(
             ShardInfo(
                 path=self._current_name(),
                 rows=self._rows,
@@ -381,42 +384,11 @@ class ShardWriter:
         self._rows, self._first, self._last = 0, None, None
 
     def _current_name(self) -> str:
-        return posixpath.join(self.folder, f"part-{len(self._staged):05d}.parquet")
+        return shard_name(self.folder, self.prefix, len(self._finished))
 
 
 # ------------------------------------------------------------------------------------------------
-# ownership: the finished files a staging folder placed, and where an output folder may live
-
-
-def placed_record(folder: str) -> str:
-    """The placement record of a `ShardWriter` folder ('+' never occurs in a folder the job names)."""
-    return f"{PLACED}/{folder.replace('/', '+')}.json"
-
-
-def placed_files(out: OutputDir) -> set[str]:
-    """Every final path that a `ShardWriter` of the current staging folder recorded before moving a file
-    there. ValueError when a record is not a list of relative paths inside the folder."""
-    found: set[str] = set()
-    for record in out.list_files(PLACED):
-        if not record.endswith(".json"):
-            continue  # a `.tmp` left by a write that stopped: never holds a record that counts
-        paths = out.read_json(record)
-        if not isinstance(paths, list) or not all(_is_inside(path) for path in paths):
-            raise ValueError(f"{out.path(record)} is not a list of relative paths inside the output folder")
-        found.update(paths)
-    return found
-
-
-def _is_inside(path: object) -> bool:
-    """Whether `path` is a normalized relative POSIX path inside a folder, outside its staging and lease."""
-    return (
-        isinstance(path, str)
-        and path != ""
-        and not path.startswith("/")
-        and "\\" not in path
-        and posixpath.normpath(path) == path
-        and path.split("/")[0] not in ("..", ".", STAGING, LEASE)
-    )
+# where an output folder may live
 
 
 def check_output_location(location: str, inputs: Iterable[tuple[str, str]] = ()) -> None:

@@ -41,30 +41,42 @@ def test_verify_a_clean_output(example_out, capsys):
     rows = sum(entry["rows"] for entry in manifest["shards"])
     rejects = sum(entry["rows"] for entry in manifest["rejects"])
     shard_files, sources = len(manifest["shards"]), len(manifest["sources"])
-    assert f"OK. {shard_files} shard files ({rows} rows) and 1 reject files ({rejects} rows)" in printed
+    reject_files = len(manifest["rejects"])
+    assert (
+        f"OK. {shard_files} shard files ({rows} rows) and {reject_files} reject files ({rejects} rows)"
+        in printed
+    )
     assert f"{sources} sources" in printed
 
 
+def shard_of(out: Path, source: str) -> str:
+    """The first shard file of `source`, as the manifest lists it."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    return next(entry["path"] for entry in manifest["shards"] if entry["source"] == source)
+
+
 def test_verify_a_flipped_byte(out_copy, capsys):
-    path = out_copy / "shards/coco/part-00000.parquet"
+    relative = shard_of(out_copy, "coco")
+    path = out_copy / relative
     data = bytearray(path.read_bytes())
     data[100] ^= 0x10
     path.write_bytes(bytes(data))
     assert cli.main(["verify", str(out_copy)]) == 1
     errors = capsys.readouterr().err
-    assert "shards/coco/part-00000.parquet: sha256" in errors and "FAILED" in errors
+    assert f"{relative}: sha256" in errors and "FAILED" in errors
 
 
 def test_verify_a_missing_shard(out_copy, capsys):
-    (out_copy / "shards/text/part-00000.parquet").unlink()
+    relative = shard_of(out_copy, "text")
+    (out_copy / relative).unlink()
     assert cli.main(["verify", str(out_copy)]) == 1
     errors = capsys.readouterr().err
-    assert "shards/text/part-00000.parquet: listed in the manifest but missing" in errors
+    assert f"{relative}: listed in the manifest but missing" in errors
     assert "source text: rows 3 but the shards' rows hold 0" in errors
 
 
 def test_verify_names_the_sample_of_an_edited_row(out_copy, capsys):
-    relative = "shards/llava/part-00000.parquet"
+    relative = shard_of(out_copy, "llava")
     rows = pq.read_table(out_copy / relative).to_pylist()
     edited = rows[1]
     end = edited["image_token_offsets"][-1] + 421  # the last image is 1×1
@@ -85,7 +97,7 @@ def test_verify_names_the_sample_of_an_edited_row(out_copy, capsys):
 def test_inspect_one_row_of_each_kind(example_out, capsys):
     assert cli.main(["inspect", str(example_out)]) == 0  # row 0: a conversation with one image
     printed = capsys.readouterr().out
-    assert printed.startswith(f"row 0 of {example_out} (shards/llava/part-00000.parquet)\nsample_id ")
+    assert printed.startswith(f"row 0 of {example_out} ({shard_of(example_out, 'llava')})\nsample_id ")
     assert "kind conversation" in printed and "<image ×421 grid 1×1>" in printed and "<eos>»" in printed
 
     assert cli.main(["inspect", str(example_out), "--row", "7"]) == 0  # the panorama caption, plain

@@ -39,21 +39,24 @@ def test_example_config_loads_with_defaults(tmp_path):
         "textocr",
         "refcoco",
     ]
-    assert [reader.config.name for reader in config.readers] == [*names, "grit"]
+    assert [source.name for source in config.sources] == [*names, "grit"]
+    assert [source.index for source in config.sources] == list(range(len(names) + 1))
     # Every input format has a source in the example.
-    assert {reader.config.format for reader in config.readers} == set(ingest.READERS)
-    assert config.shape.name == "tiny" and config.compression == "zstd"
-    assert config.shard_target_bytes == 64 * 2**20
+    assert {source.reader.config.format for source in config.sources} == set(ingest.READERS)
+    assert config.shape.name == "tiny" and config.output.compression == "zstd"
+    assert config.output.shard_target_bytes == 64 * 2**20 and config.max_seq_len == 4096
     assert config.output_dir == str((REPO / "out" / "example").resolve())
-    assert config.sequence_options[1].templates.render == "plain"
-    captions = [reader.config.name for reader in config.readers].index("hf-captions")
-    assert config.filters[captions].thresholds["min_text_chars"] == 12
-    assert config.dedup[captions].by == ("sample", "image", "text")
-    assert sum(map(bool, config.filters)) == 1 and sum(d is not None for d in config.dedup) == 1
+    assert config.sources[1].sequence.templates.render == "plain"
+    captions = next(source for source in config.sources if source.name == "hf-captions")
+    assert captions.filters.thresholds["min_text_chars"] == 12
+    assert captions.dedup.by == ("sample", "image", "text")
+    assert sum(bool(s.filters) for s in config.sources) == 1
+    assert sum(s.dedup is not None for s in config.sources) == 1
 
     defaults = parse_config(minimal(), base_dir=tmp_path)
-    assert defaults.shard_target_bytes == 256 * 2**20 and not defaults.packing
-    assert defaults.sequence_options[0].overflow == "drop" and defaults.ray_address is None
+    assert defaults.output.shard_target_bytes == 256 * 2**20 and defaults.packing is None
+    assert not defaults.output_shared and defaults.decontaminate is None
+    assert defaults.sources[0].sequence.overflow == "drop" and defaults.ray_address is None
     assert defaults.output_dir == str(tmp_path / "out")
     assert (
         len(defaults.identity()) == 64 and defaults.identity() == parse_config(minimal(), tmp_path).identity()

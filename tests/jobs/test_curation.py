@@ -172,10 +172,11 @@ def test_filters_and_dedup_in_the_job(ray_session, tmp_path):
 
     # verify holds the measurements to the rejects: a measurement row that says "kept" for a dropped sample
     # breaks the reconciliation.
-    path = out / manifest["filters"]["measurements"][0]["path"]
-    table = pq.read_table(path)
-    pq.write_table(table.set_column(table.schema.get_field_index("dropped_by"), "dropped_by",
-                                    pa.nulls(table.num_rows, pa.string())), path)  # fmt: skip
+    for entry in manifest["filters"]["measurements"]:  # one file per input file of the source
+        path = out / entry["path"]
+        table = pq.read_table(path)
+        pq.write_table(table.set_column(table.schema.get_field_index("dropped_by"), "dropped_by",
+                                        pa.nulls(table.num_rows, pa.string())), path)  # fmt: skip
     messages = [str(p) for p in verify(str(out)).problems]
     assert any("differs from the manifest" in m for m in messages)
     assert any("filter measurements drop {}" in m for m in messages)

@@ -16,8 +16,8 @@ from shard_support import rewrite_row, small_output
 
 from jobs import cli
 
-PICS = "shards/pics/part-00000.parquet"
-CHAT = "shards/chat/part-00000.parquet"
+PICS = "shards/pics/part-00000-000.parquet"
+CHAT = "shards/chat/part-00000-000.parquet"
 
 
 @pytest.fixture(scope="module")

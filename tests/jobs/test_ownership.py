@@ -97,16 +97,23 @@ def test_overwrite_removes_exactly_the_listed_files(tmp_path):
     staged.mkdir(parents=True)
     (staged / "x.parquet").write_bytes(b"staged")
     (out / "_staging" / "job.json").write_text("{}")
-    (out / "_staging" / "placed").mkdir()
+    (out / "_staging" / "started").mkdir()
+    (out / "_staging" / "started" / "00003.json").write_text("{}")  # an unfinished run's partition 3
     (out / "shards" / "b").mkdir()
-    (out / "shards" / "b" / "part-00000.parquet").write_bytes(b"placed by the unfinished run")
-    (out / "_staging" / "placed" / "shards+b.json").write_text('["shards/b/part-00000.parquet"]')
+    (out / "shards" / "b" / "part-00003-000.parquet").write_bytes(b"written by the unfinished run")
+    (out / "rejects" / "part-00003-001.parquet").write_bytes(b"written by the unfinished run")
+    (out / "shards" / "b" / "part-00004-000.parquet").write_bytes(b"no partition of the run says so")
 
     removed = pretokenize._remove_output(shards.OutputDir(str(out)), manifest)
 
     assert removed == 4 + 3 + 1  # the listed files, the stats files, the manifest
-    assert tree(out).keys() == {"stats/notes.txt", "data.tar", "shards/a/keep.txt"}
-    assert not (out / "_staging").exists() and not (out / "shards" / "b").exists()
+    assert tree(out).keys() == {
+        "stats/notes.txt",
+        "data.tar",
+        "shards/a/keep.txt",
+        "shards/b/part-00004-000.parquet",
+    }
+    assert not (out / "_staging").exists()
     assert not (out / "rejects").exists() and not (out / "filters").exists()
 
 
@@ -150,9 +157,9 @@ def test_foreign_staging_and_unlisted_files_stop_the_job_untouched(tmp_path):
     (out / "_staging" / "mine.txt").unlink()
     (out / "_staging").rmdir()
     (out / "rejects").mkdir()
-    (out / "rejects" / "part-00000.parquet").write_bytes(b"someone else's")
+    (out / "rejects" / "part-00000-000.parquet").write_bytes(b"someone else's, named as vl2prep names")
     before = tree(tmp_path)
-    with pytest.raises(pretokenize.OutputError, match=r"rejects/part-00000\.parquet was not written by"):
+    with pytest.raises(pretokenize.OutputError, match=r"rejects/part-00000-000\.parquet was not written by"):
         run_job(config)
     assert tree(tmp_path) == before and not (out / "_staging").exists()
 
@@ -184,10 +191,10 @@ def test_reruns_are_honest_and_overwrite_keeps_what_is_not_the_job_s(ray_session
     # A deleted shard: the rerun says so and writes the same output again.
     (out / "stats").mkdir()
     (out / "stats" / "notes.txt").write_text("mine")
-    (out / "shards" / "t" / "part-00000.parquet").unlink()
+    (out / "shards" / "t" / "part-00000-000.parquet").unlink()
     code, printed = run_job(config)
     assert code == 0
-    assert "shards/t/part-00000.parquet, listed in manifest.json, is missing" in printed
+    assert "shards/t/part-00000-000.parquet, listed in manifest.json, is missing" in printed
     assert "complete" not in printed.replace("incomplete", "")
     assert tree(out) == {**first, "stats/notes.txt": hashlib.sha256(b"mine").hexdigest()}
     code, printed = run_job(config)
@@ -292,7 +299,7 @@ def test_the_lease_is_released_after_an_error(tmp_path, monkeypatch):
     def broken(*args):
         raise RuntimeError("a failure in the middle of the job")
 
-    monkeypatch.setattr(pretokenize, "_process", broken)
+    monkeypatch.setattr(pretokenize._Job, "_start_ray", broken)
     with pytest.raises(RuntimeError, match="middle of the job"):
         run_job(config)
     assert not (tmp_path / "out" / shards.LEASE).exists()

@@ -17,6 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from jobs import pretokenize, ray_runtime
@@ -43,6 +44,11 @@ def file_hashes(out: Path) -> dict[str, str]:
         for p in sorted(out.rglob("*"))
         if p.is_file()
     }
+
+
+def without_report(hashes: dict[str, str]) -> dict[str, str]:
+    """File hashes but the report's: `report.html` carries the time it was made."""
+    return {path: digest for path, digest in hashes.items() if path != "stats/report.html"}
 
 
 def run_job(config_path: Path, overwrite: bool = False) -> tuple[int, str]:
@@ -108,7 +114,7 @@ def test_example_corpus_end_to_end(ray_session, tmp_path):
     assert set(pc.list_value_length(packed.column("input_ids")).to_pylist()) == {1024}
     documents = sum(len(d) for d in packed.column("documents").to_pylist())
     assert documents == sum(counts["rows"] for counts in manifest["sources"].values())
-    assert 0 < manifest["packing"]["efficiency"] <= 1
+    assert 0 < manifest["packing"]["token_fill"] <= 1
 
 
 def assert_real_ids_decode_to_the_source_text(out: Path, rows: pa.Table) -> None:
@@ -150,17 +156,19 @@ def test_same_bytes_wherever_the_corpus_and_output_live(ray_session, tmp_path):
         folder.mkdir(parents=True)
     assert run_job(example_copy(first))[0] == 0
     assert run_job(example_copy(second))[0] == 0
-    assert file_hashes(first / "out") == file_hashes(second / "out")
+    # report.html says when it was made; every other file, stats.json included, is the same to the byte.
+    assert without_report(file_hashes(first / "out")) == without_report(file_hashes(second / "out"))
 
     # Inputs and output given as file:// URIs: the config differs, the shards and rejects do not.
     config = example_copy(third)
     text = config.read_text().replace("path: corpus/", f"path: file://{third}/corpus/")
     config.write_text(text.replace("dir: out", f"dir: file://{third}/out-uri"))
     assert run_job(config)[0] == 0
-    uri_files = file_hashes(third / "out-uri")
-    reference = file_hashes(first / "out")
-    assert {k: v for k, v in uri_files.items() if k != "manifest.json"} == {
-        k: v for k, v in reference.items() if k != "manifest.json"
+    uri_files = without_report(file_hashes(third / "out-uri"))
+    reference = without_report(file_hashes(first / "out"))
+    config_files = ("manifest.json", "stats/stats.json")  # both record the config as written
+    assert {k: v for k, v in uri_files.items() if k not in config_files} == {
+        k: v for k, v in reference.items() if k not in config_files
     }
 
 
@@ -191,7 +199,7 @@ def caption_corpus(folder: Path, files: int, per_file: int) -> Path:
 def test_killed_job_resumes_exactly_once(ray_session, tmp_path):
     clean = caption_corpus(tmp_path / "clean", files=12, per_file=12)
     assert run_job(clean)[0] == 0
-    reference = file_hashes(tmp_path / "clean" / "out")
+    reference = without_report(file_hashes(tmp_path / "clean" / "out"))
 
     crashed = caption_corpus(tmp_path / "crashed", files=12, per_file=12)
     staging = tmp_path / "crashed" / "out" / "_staging" / "done"
@@ -224,7 +232,7 @@ def test_killed_job_resumes_exactly_once(ray_session, tmp_path):
     code, printed = run_job(crashed)
     assert code == 0
     assert f"({done_before} already done)" in printed
-    resumed = file_hashes(tmp_path / "crashed" / "out")
+    resumed = without_report(file_hashes(tmp_path / "crashed" / "out"))
     if resumed["manifest.json"] != reference["manifest.json"]:
         print((tmp_path / "crashed" / "out" / "manifest.json").read_text())
         print((tmp_path / "clean" / "out" / "manifest.json").read_text())
@@ -243,3 +251,47 @@ def test_embedded_ray_listens_on_loopback_only():
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     assert result.stdout.strip().splitlines()[-1] == "127.0.0.1"
+
+
+def test_a_local_output_on_many_nodes_stops_before_any_work(ray_session, tmp_path, monkeypatch):
+    config = caption_corpus(tmp_path, files=2, per_file=2)
+    monkeypatch.setattr(ray_session, "nodes", lambda: [{"Alive": True}, {"Alive": True}, {"Alive": False}])
+    with pytest.raises(pretokenize.OutputError, match=r"the Ray cluster has 2 nodes.*output.shared: true"):
+        run_job(config)
+    assert not (tmp_path / "out" / "shards").exists() and not (tmp_path / "out" / "manifest.json").exists()
+    config.write_text(config.read_text().replace("output: {dir: out,", "output: {dir: out, shared: true,"))
+    code, printed = run_job(config)
+    assert code == 0 and "2 input files (0 already done)" in printed
+
+
+def test_a_job_that_writes_no_row_exits_1_unless_allowed(ray_session, tmp_path, capsys):
+    config = caption_corpus(tmp_path, files=1, per_file=3)
+    config.write_text(config.read_text() + "sequence: {max_seq_len: 10}\n")
+    code, printed = run_job(config)
+    assert code == 1 and "3 rejected" in printed.replace(",", "")
+    assert "the job wrote no row (3 records read, 3 rejected" in capsys.readouterr().err
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["sources"]["captions"]["rejected"] == {"too_long": 3}
+    stream = io.StringIO()
+    assert pretokenize.run(load_config(config), out_stream=stream, allow_empty=True) == 0
+    assert "complete (manifest.json present)" in stream.getvalue()
+
+
+def test_progress_lines_count_records(tmp_path):
+    from schemas.manifest import PartitionRecord, SourceTotals
+
+    now = [0.0]
+    stream = io.StringIO()
+    progress = pretokenize._Progress(4, stream, clock=lambda: now[0])
+    for step in range(4):
+        now[0] = 11.0 * (step + 1)
+        totals = SourceTotals(read=100, written=98, rejected={"too_long": 2})
+        progress.update(PartitionRecord(step, "s", f"f{step}", totals, [], [], []))
+    lines = stream.getvalue().splitlines()
+    assert (
+        lines[0]
+        == "  1/4 files · 100 records read · 98 written · 2 rejected · 9 records/s, about 0:00:33 left"
+    )
+    assert lines[-1].startswith("  4/4 files · 400 records read · 392 written · 8 rejected · 9 records/s")
+    progress.finish()
+    assert "left" not in stream.getvalue().splitlines()[-1]

@@ -97,7 +97,7 @@ def test_a_damaged_row_is_shown_not_refused():
 
 def test_an_unreadable_shard_is_named(tmp_path):
     out = small_output(tmp_path)
-    shard = tmp_path / "shards" / "chat" / "part-00000.parquet"
+    shard = tmp_path / "shards" / "chat" / "part-00000-000.parquet"
     shard.write_bytes(shard.read_bytes()[:-100])  # cut short on disk: the footer is gone
     assert inspect_rows.find_row(str(out), row=2)[1] == 2  # the file before it is still read
     with pytest.raises(

@@ -1,5 +1,5 @@
-"""pipeline.shards: deterministic size-targeted shards, checksums, atomic writes, URIs, placement records,
-where an output folder may live."""
+"""pipeline.shards: deterministic size-targeted shards named by their partition, checksums, atomic writes,
+URIs, where an output folder may live."""
 
 from __future__ import annotations
 
@@ -24,9 +24,11 @@ def rows(count: int, start: int = 0) -> pa.Table:
     return pa.table({"sample_id": ids, "payload": payload}, schema=SCHEMA)
 
 
-def write_all(location, batches, target=20_000, group=64):
+def write_all(location, batches, target=20_000, group=64, prefix="00007"):
     out = shards.OutputDir(str(location))
-    writer = shards.ShardWriter(out, "shards/src", SCHEMA, target_bytes=target, row_group_rows=group)
+    writer = shards.ShardWriter(
+        out, "shards/src", SCHEMA, target_bytes=target, row_group_rows=group, prefix=prefix
+    )
     for batch in batches:
         writer.write(batch)
     return out, writer.close()
@@ -36,7 +38,9 @@ def test_shards_are_checksummed_size_targeted_and_complete(tmp_path):
     table = rows(1000)
     out, infos = write_all(tmp_path, [table])
     assert len(infos) > 1
-    assert [info.path for info in infos] == [f"shards/src/part-{i:05d}.parquet" for i in range(len(infos))]
+    assert [info.path for info in infos] == [
+        f"shards/src/part-00007-{i:03d}.parquet" for i in range(len(infos))
+    ]
     assert sum(info.rows for info in infos) == 1000
     for info in infos:
         data = (tmp_path / info.path).read_bytes()
@@ -45,36 +49,15 @@ def test_shards_are_checksummed_size_targeted_and_complete(tmp_path):
     back = pa.concat_tables(pq.read_table(tmp_path / info.path) for info in infos)
     assert back.equals(table)
     assert infos[0].first_sample_id == "00000000" and infos[-1].last_sample_id == f"{999:08x}"
-    # Only the placement record stays in staging: it names every file moved out of it.
-    assert out.list_files(shards.STAGING) == ["_staging/placed/shards+src.json"]
-    assert shards.placed_files(out) == {info.path for info in infos}
+    # Files are written in place: nothing goes through a staging folder.
+    assert out.list_files(shards.STAGING) == []
+    assert shards.shard_name("rejects", "12345", 1000) == "rejects/part-12345-1000.parquet"
 
 
-def test_files_are_recorded_before_they_are_placed(tmp_path):
-    """A run that stops between moving its files and writing its manifest leaves finished files that only
-    the placement record names; records of a resumed writer add up."""
-    (tmp_path / "shards" / "src" / "part-00001.parquet").mkdir(parents=True)  # the second move fails
-    out = shards.OutputDir(str(tmp_path))
-    writer = shards.ShardWriter(out, "shards/src", SCHEMA, target_bytes=20_000, row_group_rows=64)
-    writer.write(rows(1000))
-    with pytest.raises(OSError):
-        writer.close()
-    placed = shards.placed_files(out)
-    assert "shards/src/part-00001.parquet" in placed and len(placed) > 2
-    assert (tmp_path / "shards" / "src" / "part-00000.parquet").is_file()
-    (tmp_path / "shards" / "src" / "part-00001.parquet").rmdir()
-    _, infos = write_all(tmp_path, [rows(10)])
-    assert shards.placed_files(out) == placed | {info.path for info in infos}
-
-
-@pytest.mark.parametrize(
-    "record", ['["../outside.parquet"]', '["/etc/passwd"]', '["_staging/x"]', '{"a": 1}', '["a/./b"]']
-)
-def test_placement_records_name_only_files_inside_the_folder(tmp_path, record):
-    (tmp_path / "_staging" / "placed").mkdir(parents=True)
-    (tmp_path / "_staging" / "placed" / "shards+x.json").write_text(record)
-    with pytest.raises(ValueError, match="not a list of relative paths"):
-        shards.placed_files(shards.OutputDir(str(tmp_path)))
+def test_a_subfolder_keeps_its_filesystem(tmp_path):
+    uri = shards.OutputDir(f"file://{tmp_path}/out").subfolder("stats")
+    assert uri.location == f"file://{tmp_path}/out/stats" and uri.root == f"{tmp_path}/out/stats"
+    assert shards.OutputDir(str(tmp_path)).subfolder("stats").location == f"{tmp_path}/stats"
 
 
 def test_delete_file_and_remove_empty_folders_touch_nothing_else(tmp_path):

@@ -146,7 +146,7 @@ def test_an_edited_row_with_a_consistent_checksum_is_named(tmp_path):
         row["input_ids"][end] = IMG
         row["labels"][end] = -100
 
-    sample_id = rewrite_row(out, "shards/pics/part-00000.parquet", 1, one_more_image_token)
+    sample_id = rewrite_row(out, "shards/pics/part-00000-000.parquet", 1, one_more_image_token)
     report = verify.verify(str(out))
     assert not report.ok
     named = [p for p in report.problems if p.sample_id == sample_id]
@@ -157,14 +157,14 @@ def test_an_edited_row_with_a_consistent_checksum_is_named(tmp_path):
 def test_file_and_count_problems(tmp_path):
     out = small_output(tmp_path)
     manifest = json.loads((out / "manifest.json").read_text())
-    (out / "shards/chat/part-00000.parquet").unlink()
+    (out / "shards/chat/part-00000-000.parquet").unlink()
     (out / "shards/pics/extra.parquet").write_bytes(b"stray")
     manifest["sources"]["pics"]["read"] += 1
     manifest["sources"]["pics"]["rows"] += 1
     (out / "manifest.json").write_text(json.dumps(manifest))
     messages = [str(p) for p in verify.verify(str(out)).problems]
     expected = [
-        "shards/chat/part-00000.parquet: listed in the manifest but missing",
+        "shards/chat/part-00000-000.parquet: listed in the manifest but missing",
         "shards/pics/extra.parquet: not listed in the manifest",
         "manifest.json source pics: read 4 != written 3 + rejected 0",
         "manifest.json source pics: rows 4 but the shards' rows hold 3",
@@ -194,12 +194,12 @@ def test_config_sha256_must_be_the_identity_of_the_recorded_config(tmp_path):
 
 def test_a_flipped_byte_fails_the_checksum(tmp_path):
     out = small_output(tmp_path)
-    path = out / "rejects/part-00000.parquet"
+    path = out / "rejects/part-00000-000.parquet"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     report = verify.verify(str(out))
-    assert any(p.where == "rejects/part-00000.parquet" and "sha256" in p.message for p in report.problems)
+    assert any(p.where == "rejects/part-00000-000.parquet" and "sha256" in p.message for p in report.problems)
 
 
 def test_problems_are_capped_but_counted(tmp_path):
