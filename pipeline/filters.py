@@ -473,7 +473,7 @@ def _padding_shares(
     distinct, inverse = np.unique(keys, axis=0, return_inverse=True)
     grids = [best_grid((width, height), shape, bool(crop)) for width, height, crop in distinct.tolist()]
     canvas, padding = padded_pixels(distinct[:, 0], distinct[:, 1], np.array(grids), shape.image_size)
-    return (padding / canvas)[inverse.reshape(-1)]
+    return (1 - (canvas - padding) / canvas)[inverse.reshape(-1)]  # 1 − cw·ch / canvas, as documented
 
 
 def _number(value: int | float) -> str:

@@ -192,7 +192,7 @@ def test_syntax_blocks_compile(block):
 # ------------------------------------------------------------------------------------------------
 # the workspace: a copy of the project beside the same .venv, with the example corpus and a small job
 
-MY_JOB = "sources:\n  - {{name: notes, format: text, path: my_data/notes.jsonl}}\noutput: {{dir: {out}}}\n"
+MY_JOB = "sources:\n  - {{name: notes, format: text, path: my_data}}\noutput: {{dir: {out}, shared: true}}\n"
 
 
 @pytest.fixture(scope="module")
@@ -205,9 +205,10 @@ def workspace(tmp_path_factory) -> Path:
         shutil.copy2(ROOT / name, folder / name)
     (folder / ".venv").symlink_to(ROOT / ".venv")
     (folder / "my_data").mkdir()
-    (folder / "my_data" / "notes.jsonl").write_text(
-        "".join(f'{{"text": "Note {i}: the README\'s own job, a few lines of text."}}\n' for i in range(5))
-    )
+    for part in range(4):  # four input files, so that both nodes of the cluster recipe get work
+        (folder / "my_data" / f"notes-{part}.jsonl").write_text(
+            "".join(f'{{"text": "Note {part}.{i}: the README\'s own job, a few lines."}}\n' for i in range(5))
+        )
     # Absolute: under `ray job submit --working-dir .` the job runs in an uploaded copy of the folder.
     (folder / "my_job.yaml").write_text(MY_JOB.format(out=folder / "out" / "my_job"))
     return folder
@@ -324,9 +325,14 @@ def test_the_cluster_recipe_runs_as_written(block, workspace):
     # Only what isolates this cluster from any other Ray on the machine is added to the recipe.
     isolation = (
         f"ray start --head --temp-dir={temp_dir / 'ray'} --ray-client-server-port={free_port()} "
-        f"--dashboard-agent-listen-port={free_port()} --num-cpus=2"
+        f"--dashboard-agent-listen-port={free_port()} --num-cpus=1"
     )
     code = code.replace("ray start --head", isolation)
+    assert "ray start --address=" in code, block.where()  # the recipe's second node
+    second = (
+        f"ray start --temp-dir={temp_dir / 'second'} --dashboard-agent-listen-port={free_port()} --num-cpus=1"
+    )
+    code = code.replace("ray start --address=", f"{second} --address=")
     env = {
         key: value
         for key, value in os.environ.items()
@@ -342,11 +348,13 @@ def test_the_cluster_recipe_runs_as_written(block, workspace):
     out = workspace / "out" / "my_job"
     shutil.rmtree(out, ignore_errors=True)
     try:
-        bash(code, workspace, env=env, timeout=360)
+        printed_by_job = bash(code, workspace, env=env, timeout=360)
     finally:
         stop_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
     assert (out / "manifest.json").is_file(), "the job submitted to the cluster wrote no manifest"
+    spread = re.search(r"input files written per Ray node: (.*)", printed_by_job)
+    assert spread and len(spread.group(1).split(", ")) == 2, printed_by_job[-3000:]  # both nodes worked
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         assert cli.main(["verify", str(out)]) == 0
     assert "OK" in printed.getvalue()

@@ -58,6 +58,11 @@ def test_packing_with_max_tiles_and_decontamination(ray_session, tmp_path):
     assert texts and all("q7" in row["detail"] for row in texts)
     assert manifest["decontamination"] == {"bench": len(images) + len(texts)}
     assert "decontamination: samples overlapping evaluation sets: bench" in printed
+    dedup = manifest["dedup"]
+    assert dedup["near_duplicates"] >= 1 and len(dedup["near_distance_histogram"]) == 65
+    near = [row for row in rejects if row["reason"] == "near_duplicate_image"]
+    assert len(near) == dedup["near_duplicates"] and all(0 <= row["value"] <= 10 for row in near)
+    assert f"({dedup['near_duplicates']} of them near-duplicate images)" in printed
     for name, totals in manifest["sources"].items():
         assert totals["read"] == totals["written"] + totals["rejected_total"], name
 
