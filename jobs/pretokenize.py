@@ -51,7 +51,6 @@ import re
 import resource
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -61,6 +60,7 @@ import pyarrow.parquet as pq
 
 from jobs import dedup as dedup_stage
 from jobs.config import JobConfig
+from jobs.progress import PartitionProgress, rate
 from jobs.ray_runtime import ray_scope, reap_stale_sessions
 from pipeline import filters, shards
 from pipeline.partition import Partition, PartitionWorker
@@ -93,8 +93,6 @@ STATS_FILES = ("stats/stats.json", "stats/report.html", "stats/report.md", "stat
 OUTPUT_FILE = manifest_schema.OUTPUT_FILE
 PART_FILE = re.compile(r"part-([0-9]{5,})-[0-9]{3,}\.parquet")
 """A file a worker writes; the group is its partition's order."""
-PROGRESS_EVERY_S = 10.0
-"""Seconds between progress lines while partitions finish."""
 READ_THREADS = 16
 """Threads reading the staged records of partitions an earlier run finished (small files, latency-bound)."""
 
@@ -214,7 +212,7 @@ class _Job:
             timings["plan"] = time.perf_counter() - started
             self._deduplicate(partitions, done)
             timings["dedup"] = time.perf_counter() - started - sum(timings.values())
-            progress = _Progress(len(pending), out_stream)
+            progress = PartitionProgress(len(pending), out_stream)
             for record in _run_partitions(config, "write", pending, eval_index):
                 records[record.order] = record
                 progress.update(record)
@@ -563,52 +561,6 @@ def _keys_path(partition: Partition) -> str:
     return f"{KEYS}/{partition.prefix}.parquet"
 
 
-class _Progress:
-    """Progress lines while partitions finish: files, records read / written / rejected, rate, ETA."""
-
-    def __init__(self, files: int, out_stream: Any, clock: Callable[[], float] = time.monotonic) -> None:
-        self.files = files
-        self.out_stream = out_stream
-        self.clock = clock
-        self.started = self.shown = clock()
-        self.done = self.shown_done = 0
-        self.totals = SourceTotals()
-
-    def update(self, record: PartitionRecord) -> None:
-        self.done += 1
-        self.totals.add(record.totals)
-        if self.clock() - self.shown >= PROGRESS_EVERY_S:
-            self._show()
-
-    def finish(self) -> None:
-        """The last line, unless the last update printed it."""
-        if self.done != self.shown_done:
-            self._show()
-
-    def _show(self) -> None:
-        now = self.clock()
-        self.shown, self.shown_done = now, self.done
-        elapsed = max(now - self.started, 1e-9)
-        rate = self.totals.read / elapsed
-        left = self.files - self.done
-        eta = f", about {_duration(elapsed / self.done * left)} left" if self.done and left else ""
-        print(
-            f"  {self.done}/{self.files} files · {self.totals.read:,} records read · {self.totals.written:,} "
-            f"written · {self.totals.rejected_total:,} rejected · {_rate(rate)}{eta}",
-            file=self.out_stream,
-            flush=True,
-        )
-
-
-def _rate(per_second: float) -> str:
-    return f"{per_second:,.0f} records/s" if per_second >= 1 else f"{per_second:.2f} records/s"
-
-
-def _duration(seconds: float) -> str:
-    seconds = round(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
 # ------------------------------------------------------------------------------------------------
 # commit
 
@@ -777,7 +729,9 @@ def _print_summary(
         measured = sum(entry.rows for entry in manifest.filters["measurements"])
         print(f"filters: {dropped} of {measured} measured samples dropped (OUT/filters/)", file=out_stream)
     if manifest.dedup is not None:
-        print(f"dedup: {manifest.dedup['duplicates']} duplicates dropped", file=out_stream)
+        near = manifest.dedup.get("near_duplicates")
+        also = f" ({near} of them near-duplicate images)" if near is not None else ""
+        print(f"dedup: {manifest.dedup['duplicates']} duplicates dropped{also}", file=out_stream)
     if manifest.decontamination:
         found = ", ".join(f"{name} {count}" for name, count in sorted(manifest.decontamination.items()))
         print(f"decontamination: samples overlapping evaluation sets: {found}", file=out_stream)
@@ -790,7 +744,7 @@ def _print_summary(
             file=out_stream,
         )
     print(
-        f"{read} records in {seconds:.1f} s ({_rate(read / max(seconds, 1e-9))}; a source's rec/s is per "
+        f"{read} records in {seconds:.1f} s ({rate(read / max(seconds, 1e-9))}; a source's rec/s is per "
         f"worker-second spent on its files); {len(manifest.shards)} shards, manifest.json written.",
         file=out_stream,
     )

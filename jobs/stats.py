@@ -7,6 +7,12 @@ linear in the number of files: at most `IN_FLIGHT_PER_CPU` tasks per CPU are sub
 ones are collected a quarter of that window at a time (each `ray.wait` costs the length of the list it is
 given: one result per call over all the files was quadratic), and each partial is added in place into one
 (`pipeline.stats.Partial.add`: the cost of a merge is that of the partial merged, token counts are arrays).
+While files finish, the driver prints a progress line every `jobs.progress.PROGRESS_EVERY_S` seconds and a
+last one at the end (files done / total, rows read as the manifest lists them, rows/s, time left). Then one
+Ray task per source reads the first `GALLERY_ROWS` rows of its first shard (one small batch, never the file)
+and makes their `pipeline.report.gallery_entry` (a thumbnail of the first image's canvas with its tile grid,
+the first tokens decoded): the `gallery` of `stats.json`, shown by the report. It depends only on the rows
+and the tokenizer, so `stats.json` stays the same bytes when made again.
 The driver then writes `stats.json`, `report.html` and `report.md` to `OUT/stats/` (or to `report_dir`).
 Files under `stats/` are not listed in the manifest.
 
@@ -36,8 +42,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import model_shapes
+from jobs.progress import Progress
 from jobs.ray_runtime import ray_scope
-from pipeline import report, shards, stats
+from pipeline import report, shards, stats, verify
 from pipeline import tokenizer as tokenizers
 
 __all__ = ["STATS_DIR", "STATS_FILE", "file_partial", "run"]
@@ -47,6 +54,8 @@ STATS_FILE = f"{STATS_DIR}/stats.json"
 VALIDATION_FILE = "validation.json"
 """Written by `jobs.validate` beside stats.json; its results become a section of the report."""
 BATCH_ROWS = 1024
+GALLERY_ROWS = 2
+"""Rows of each source shown in the report's gallery: the first ones of its first shard."""
 IN_FLIGHT_PER_CPU = 32
 """Tasks submitted and not yet collected, per CPU of the cluster: enough to keep every CPU busy while the
 driver merges, few enough that finished partials (small: token counts travel sparse) never pile up."""
@@ -102,17 +111,29 @@ def _run(
         tokenizer.byte_fallback_ids() if tokenizer else None,
         tokenizer.piece_count if tokenizer else None,
     )
-    files = [(e["path"], "shard") for e in manifest["shards"]]
-    files += [(e["path"], "reject") for e in manifest["rejects"]]
-    files += [(e["path"], "filter") for e in (manifest.get("filters") or {}).get("measurements", [])]
+    listed = {
+        "shard": manifest["shards"],
+        "reject": manifest["rejects"],
+        "filter": (manifest.get("filters") or {}).get("measurements", []),
+    }
+    files = [(e["path"], what) for what, entries in listed.items() for e in entries]
     spec = (tokenizer.name or str(tokenizer.path), tokenizer.kind) if tokenizer else None
-    merged = _partials(location, files, context, spec, shape, ray_address, num_cpus)
+    # Rows as the manifest lists them, for the progress lines only (a damaged count is shown as 0).
+    rows = {
+        e["path"]: e["rows"] if isinstance(e.get("rows"), int) else 0
+        for entries in listed.values()
+        for e in entries
+    }
+    progress = Progress(len(files), out_stream, counts=("rows read",), rate_unit="rows")
+    merged = _partials(location, files, context, spec, shape, ray_address, num_cpus, rows, progress)
+    progress.finish()
     token_text = (
         (lambda token_id: tokenizer.decode([token_id]) if 0 <= token_id < tokenizer.piece_count else None)
         if tokenizer
         else None
     )
     result = stats.finalize(merged, context, manifest, token_text)
+    result["gallery"] = _gallery(location, manifest["shards"], spec, shape)
 
     target = shards.OutputDir(report_dir) if report_dir else out.subfolder(STATS_DIR)
     target.write_json("stats.json", result)
@@ -172,9 +193,11 @@ def _partials(
     shape: model_shapes.ModelShape,
     ray_address: str | None,
     num_cpus: int | None,
+    rows: dict[str, int],
+    progress: Progress,
 ) -> stats.Partial:
     """One Ray task per file, a bounded window of them in flight; partials are merged in place as they
-    finish (see the module docstring)."""
+    finish (see the module docstring), each finished file advancing `progress` by its `rows`."""
     from jobs.ray_runtime import start_ray, task_cpus
 
     start_ray(ray_address, num_cpus)
@@ -184,15 +207,60 @@ def _partials(
     window = max(8, IN_FLIGHT_PER_CPU * int(ray.cluster_resources().get("CPU", 1)))
     queued = iter(files)
     pending: list[Any] = []
+    paths: dict[Any, str] = {}
     merged = stats.Partial()
     while True:
         for path, what in itertools.islice(queued, window - len(pending)):
             pending.append(task.remote(location, path, what, context, tokenizer_spec, shape))
+            paths[pending[-1]] = path
         if not pending:
             return merged
         done, pending = ray.wait(pending, num_returns=min(len(pending), max(1, window // 4)))
-        for partial in ray.get(done):
+        for ref, partial in zip(done, ray.get(done), strict=True):
             merged.add(partial)
+            progress.advance(rows.get(paths.pop(ref), 0))
+
+
+def _gallery(
+    location: str,
+    shards_listed: list[dict[str, Any]],
+    tokenizer_spec: tuple[str, str | None] | None,
+    shape: model_shapes.ModelShape,
+) -> dict[str, list[dict[str, Any]]]:
+    """Source → the gallery entries of the first `GALLERY_ROWS` rows of its first shard holding rows (in
+    manifest order), sources sorted by name as stats.json keeps them, so that a report made again from it
+    (`jobs.validate`) shows the same order; one Ray task per source (Ray is already up: `_partials` started
+    it)."""
+    import ray
+
+    from jobs.ray_runtime import task_cpus
+
+    first: dict[str, str] = {}
+    for entry in shards_listed:
+        if isinstance(entry.get("rows"), int) and entry["rows"] > 0 and isinstance(entry.get("source"), str):
+            first.setdefault(entry["source"], entry["path"])
+    task = ray.remote(gallery_entries).options(num_cpus=task_cpus())
+    found = ray.get([task.remote(location, path, tokenizer_spec, shape) for path in first.values()])
+    return {source: entries for source, entries in sorted(zip(first, found, strict=True)) if entries}
+
+
+def gallery_entries(
+    location: str,
+    path: str,
+    tokenizer_spec: tuple[str, str | None] | None,
+    shape: model_shapes.ModelShape,
+    count: int = GALLERY_ROWS,
+) -> list[dict[str, Any]]:
+    """The `pipeline.report.gallery_entry` of each of the first `count` rows of one shard, read one batch of
+    `count` rows at a time (never the whole file); none when the file cannot be read (its statistics say
+    so)."""
+    tokenizer = _task_tokenizer(tokenizer_spec, shape) if tokenizer_spec else None
+    out = shards.OutputDir(location)
+    try:
+        rows = list(itertools.islice(verify.iter_rows(out, path, batch_rows=count), count))
+    except (OSError, pa.ArrowException):
+        return []
+    return [report.gallery_entry(row, shape, tokenizer, path, number) for number, row in enumerate(rows)]
 
 
 def file_partial(

@@ -7,8 +7,10 @@ derived from the output's own shape, `pipeline.validate.small_shape`), picks the
 `samples` so spread, or all with `samples=None`: `pipeline.validate.sample_rows`) and cuts them into batches
 within one shard file. A pool of actors, one GPU each
 when the cluster has GPUs, else CPU actors that never take every CPU, each builds the model once and validates
-batches; the driver merges the results as they arrive and writes `validation.json` to `OUT/stats/` (or to
-`report_dir`), then, when `stats.json` lies there too, rewrites the stats report with its validation section.
+batches; the driver merges the results as they arrive (a progress line every `jobs.progress.PROGRESS_EVERY_S`
+seconds and a last one: batches done / total, samples validated and failed, samples/s, time left) and writes
+`validation.json` to `OUT/stats/` (or to `report_dir`), then, when `stats.json` lies there too, rewrites the
+stats report with its validation section (its gallery included: it is part of `stats.json`).
 The exit code is 1, with the failing sample ids listed, when any check fails.
 
 Damaged outputs: a row whose ids lie outside the vocabulary, or whose labels are not as many as its ids,
@@ -35,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import model_shapes
+from jobs.progress import Progress
 from jobs.ray_runtime import pool_resources, ray_scope, start_ray
 from jobs.stats import STATS_DIR, VALIDATION_FILE
 from pipeline import report, shards, verify
@@ -97,7 +100,11 @@ def _run(
         print(f"{location}: {error}", file=sys.stderr)
         return 2
     batches = _batches(manifest, samples, batch_size)
-    summary = _validate(location, batches, output_shape, model_shape, weights, ray_address, num_cpus)
+    progress = Progress(len(batches), out_stream, "batches", ("samples validated", "failed"), "samples")
+    summary = _validate(
+        location, batches, output_shape, model_shape, weights, ray_address, num_cpus, progress
+    )
+    progress.finish()
 
     result = {
         "output": location,
@@ -215,9 +222,11 @@ def _validate(
     weights: str | None,
     ray_address: str | None,
     num_cpus: int | None,
+    progress: Progress,
 ) -> checks.Summary:
-    """Run the batches on a pool of actors, one batch per actor at a time; results are merged as they finish,
-    and a batch whose task fails is a problem of its file."""
+    """Run the batches on a pool of actors, one batch per actor at a time; results are merged as they finish
+    (each advancing `progress` by its samples validated and failed), and a batch whose task fails is a
+    problem of its file."""
     summary = checks.Summary()
     if not batches:
         return summary
@@ -242,7 +251,9 @@ def _validate(
         (done,), _ = ray.wait(list(running), num_returns=1)
         handle, batch = running.pop(done)
         idle.append(handle)
-        summary.add(batch_result(batch, lambda ref=done: ray.get(ref)))
+        result = batch_result(batch, lambda ref=done: ray.get(ref))
+        summary.add(result)
+        progress.advance(result.samples, len({failure.sample_id for failure in result.failures}))
     for handle in actors:
         ray.kill(handle)
     return summary

@@ -153,13 +153,23 @@ class DeepseekVL2(nn.Module):
 
 
 def _check_ids(ids: torch.Tensor, vocab_size: int, name: str, ignore: int | None = None) -> None:
-    """ValueError naming an id of `ids` outside [0, vocab_size) (`ignore` aside), instead of the bare
-    IndexError (or, on a GPU, the device-side assert) an embedding or the loss would raise."""
+    """ValueError naming the largest id of `ids` at or past vocab_size (the smallest negative one when none
+    is), the vocabulary size and how many ids lie outside [0, vocab_size) (`ignore` aside), instead of the
+    bare IndexError (or, on a GPU, the device-side assert) an embedding or the loss would raise."""
     outside = (ids < 0) | (ids >= vocab_size)
     if ignore is not None:
         outside &= ids != ignore
-    if ids.numel() and bool(outside.any()):
-        raise ValueError(f"{name} hold id {int(ids[outside][0])} outside the vocabulary [0, {vocab_size})")
+    if not ids.numel() or not bool(outside.any()):
+        return
+    bad = ids[outside]
+    # The largest id says how far the data's tokenizer overshoots this vocabulary; negative ids are
+    # named only when nothing overshoots.
+    worst = int(bad.max()) if int(bad.max()) >= vocab_size else int(bad.min())
+    which = "largest" if worst >= vocab_size else "smallest"
+    raise ValueError(
+        f"{name} hold id {worst} outside the vocabulary [0, {vocab_size}) "
+        f"(the {which} of {bad.numel()} such id{'s' * (bad.numel() != 1)}; vocabulary size {vocab_size})"
+    )
 
 
 def _image_grids(images_spatial_crop: torch.Tensor | None, batch: int) -> list[list[tuple[int, int]]]:

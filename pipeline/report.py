@@ -15,6 +15,11 @@ identity, the config as written), then sources with a totals row (read, written,
 purpose, as shares of the records read), rejects per source, and a definition of every token total. Packing,
 deduplication and decontamination get their sections when the statistics record them. The validation
 section shows losses only for real weights.
+
+When the statistics hold a `gallery` (source → rows, each made by `gallery_entry`, as `jobs.stats` adds it), a
+Gallery section shows a card per row (`div.sample`, grouped in one `section.gallery-source` per source): the
+first image's local canvas as a PNG thumbnail with its tile grid drawn, and the first `GALLERY_TOKENS` tokens
+decoded, image spans collapsed and trained-on text shaded (`span.trained`), as `vl2prep inspect` shows them.
 """
 
 from __future__ import annotations
@@ -36,8 +41,23 @@ import matplotlib.ticker
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
+from PIL import Image, ImageDraw, UnidentifiedImageError
 
-__all__ = ["PLOTS", "filter_png", "html", "markdown", "plot_png"]
+from model_shapes import ModelShape
+from pipeline import inspect_rows, tiling
+from pipeline import tokenizer as tokenizers
+from schemas.shard import IGNORE_INDEX
+
+__all__ = [
+    "GALLERY_TOKENS",
+    "PLOTS",
+    "THUMBNAIL_PX",
+    "filter_png",
+    "gallery_entry",
+    "html",
+    "markdown",
+    "plot_png",
+]
 
 _CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1360px; padding: 0 1em;
@@ -54,6 +74,12 @@ figure.none { border: 1px dashed #ccc; padding: .6em; width: auto; min-width: 30
 p.none { color: #777; font-style: italic; } p.warning { color: #a33; }
 dl.definitions dt { font-weight: bold; } dl.definitions dd { margin: 0 0 .4em 1.5em; }
 pre { background: #f6f6f6; padding: .6em; overflow-x: auto; font-size: .85em; }
+section.gallery-source { margin-bottom: 1em; }
+div.sample { display: inline-block; vertical-align: top; width: 420px; margin: .4em; padding: .5em;
+             border: 1px solid #ddd; }
+img.thumbnail { display: block; max-width: 100%; } p.about { font-size: .85em; color: #444; }
+pre.tokens { white-space: pre-wrap; word-break: break-all; }
+span.trained { background: #ffe08a; } span.break { color: #777; display: block; } span.more { color: #777; }
 """
 
 _COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
@@ -834,6 +860,7 @@ def html(
         ),
         *_packing_html(stats),
         *_curation_html(stats),
+        *(_gallery_html(stats["gallery"]) if "gallery" in stats else []),
         '<h2 id="plots">Plots</h2>',
         *_plots_html(stats),
     ]
@@ -924,6 +951,235 @@ def _filters_html(stats: dict[str, Any]) -> list[str]:
                 )
             )
     return parts
+
+
+# ------------------------------------------------------------------------------------------------
+# the gallery: a few rows per source, their first image's canvas and the start of their sequence
+
+GALLERY_TOKENS = 48
+"""Tokens of a gallery row shown, not counting `<image>` positions (each image span is one marker)."""
+THUMBNAIL_PX = 192
+"""Longest side of a gallery thumbnail, in pixels."""
+_THUMBNAIL_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+"""The only Pillow plugins that may parse an image's bytes for a thumbnail (those the ingest accepts; JPEG's
+reads MPO files too)."""
+_THUMBNAIL_MAX_PIXELS = 64_000_000
+"""Decoded pixels (after JPEG's reduced-size decoding) above which no thumbnail is made: memory stays bounded
+whatever an output holds."""
+_GRID_LINE = (230, 30, 30)
+_PALETTE = 64
+"""Colours of a thumbnail, the grid lines' included."""
+
+
+def gallery_entry(
+    row: dict[str, Any], shape: ModelShape, tokenizer: tokenizers.Tokenizer | None, shard: str, number: int
+) -> dict[str, Any]:
+    """What the report's gallery shows of one shard row (row `number` of the file `shard`): who it is, its
+    first image's local canvas as a PNG thumbnail with the tile grid drawn (`image`: None without images) and
+    the first `GALLERY_TOKENS` tokens decoded with the output's tokenizer as [trained, text] pieces (`tokens`:
+    None without a tokenizer). A row that cannot be shown (an undecodable image, a grid that is not a tile
+    grid) says why in the image's `note`; a row too damaged to show at all (values no sound shard holds) says
+    why in the entry's `note`, with neither image nor tokens. The same row gives the same dict, bytes
+    included."""
+    entry = {
+        "sample_id": row.get("sample_id"),
+        "key": row.get("key"),
+        "kind": row.get("kind"),
+        "shard": shard,
+        "row": number,
+        "seq_len": None,
+        "image": None,
+        "tokens": None,
+        "note": None,
+    }
+    try:
+        ids = np.asarray(row["input_ids"] if row["input_ids"] is not None else [], dtype=np.int64)
+        entry["seq_len"] = len(ids)
+        entry["image"] = _gallery_image(row, shape)
+        entry["tokens"] = _gallery_tokens(row, ids, shape, tokenizer) if tokenizer is not None else None
+    except (TypeError, ValueError, IndexError, KeyError) as error:
+        entry |= {"image": None, "tokens": None, "note": f"the row cannot be shown: {_one_line(error)}"}
+    return entry
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _gallery_image(row: dict[str, Any], shape: ModelShape) -> dict[str, Any] | None:
+    images = row["images"] or []
+    if not images:
+        return None
+    image = images[0]
+    grids = row["images_spatial_crop"] or []
+    grid = [int(v) for v in grids[0]] if len(grids) else None
+    entry = {
+        "images": len(images),
+        "format": image["format"],
+        "width_px": image["width_px"],
+        "height_px": image["height_px"],
+        "grid": grid,
+        "thumbnail_png": None,
+        "note": None,
+    }
+    tile = shape.image_size
+    layouts = {(w // tile, h // tile) for w, h in tiling.candidate_resolutions(shape)} | {(1, 1)}
+    if grid is None or tuple(grid) not in layouts:
+        entry["note"] = f"grid {grid} is not a tile grid of {shape.name}"
+    elif image["bytes"] is None:
+        entry["note"] = "image stored by reference (sequence.embed_images: false): no thumbnail"
+    elif not all(isinstance(image[side], int) and image[side] > 0 for side in ("width_px", "height_px")):
+        entry["note"] = f"image size {image['width_px']}×{image['height_px']} is not a size"
+    else:
+        try:
+            png = _canvas_thumbnail(image["bytes"], (image["width_px"], image["height_px"]), grid, tile)
+            entry["thumbnail_png"] = base64.b64encode(png).decode("ascii")
+        except UnidentifiedImageError:  # its message names a memory address: stats.json would differ
+            entry["note"] = f"image cannot be decoded: not {', '.join(_THUMBNAIL_FORMATS)}"
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            entry["note"] = f"image cannot be decoded: {_one_line(error)}"
+    return entry
+
+
+def _canvas_thumbnail(data: bytes, size: tuple[int, int], grid: list[int], tile: int) -> bytes:
+    """PNG bytes of the image's local canvas (grid · tile pixels a side) scaled to `THUMBNAIL_PX`: the image
+    fitted inside it and centred as the tiling lays it out (`tiling.contain_size` of its stored `size`, grey
+    padding), with the lines between tiles drawn. Scaling rounds to thumbnail pixels, so lines and edges are
+    within a pixel of their true place; the pixels are a bilinear preview, not the tiles the model sees."""
+    canvas_w, canvas_h = grid[0] * tile, grid[1] * tile
+    scale = THUMBNAIL_PX / max(canvas_w, canvas_h)
+    fit_w, fit_h = tiling.contain_size(size, (canvas_w, canvas_h))
+    thumb = (max(1, round(canvas_w * scale)), max(1, round(canvas_h * scale)))
+    fitted = (max(1, round(fit_w * scale)), max(1, round(fit_h * scale)))
+    with Image.open(io.BytesIO(data), formats=_THUMBNAIL_FORMATS) as image:
+        image.draft("RGB", fitted)  # JPEG decodes at a reduced size; other formats ignore it
+        if image.width * image.height > _THUMBNAIL_MAX_PIXELS:
+            raise ValueError(f"{image.width}×{image.height} px is too large for a thumbnail")
+        picture = tiling.to_rgb(image).resize(fitted, Image.Resampling.BILINEAR)
+    canvas = Image.new("RGB", thumb, (127, 127, 127))
+    canvas.paste(picture, ((thumb[0] - fitted[0]) // 2, (thumb[1] - fitted[1]) // 2))
+    # A palette keeps a thumbnail near 15 KB (stats.json holds them); the lines get an entry of their own,
+    # so that no colour of the picture is mistaken for a tile edge.
+    canvas = canvas.quantize(colors=_PALETTE - 1, method=Image.Quantize.MEDIANCUT)
+    palette = canvas.getpalette()[: 3 * (_PALETTE - 1)]
+    canvas.putpalette([*palette, *[0] * (3 * (_PALETTE - 1) - len(palette)), *_GRID_LINE])
+    draw = ImageDraw.Draw(canvas)
+    line = _PALETTE - 1
+    for column in range(1, grid[0]):
+        x = round(column * thumb[0] / grid[0])
+        draw.line([(x, 0), (x, thumb[1] - 1)], fill=line, width=1)
+    for row in range(1, grid[1]):
+        y = round(row * thumb[1] / grid[1])
+        draw.line([(0, y), (thumb[0] - 1, y)], fill=line, width=1)
+    draw.rectangle([(0, 0), (thumb[0] - 1, thumb[1] - 1)], outline=line, width=1)
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def _gallery_tokens(
+    row: dict[str, Any], ids: np.ndarray, shape: ModelShape, tokenizer: tokenizers.Tokenizer
+) -> dict[str, Any]:
+    """The first `GALLERY_TOKENS` tokens other than `<image>` (image spans before the last of them whole) as
+    `pieces`, [trained, text] runs decoded as `vl2prep inspect` decodes them (`pipeline.inspect_rows`), a
+    document break of a packed row as [False, None]; `more` counts the tokens left out."""
+    labels = np.asarray(row["labels"] if row["labels"] is not None else [], dtype=np.int64)
+    trained = np.zeros(len(ids), bool)
+    labelled = min(len(ids), len(labels))
+    trained[:labelled] = labels[:labelled] != IGNORE_INDEX
+    trained[:1] = False  # as `vl2prep inspect`: the first bos is no target
+    counted = np.cumsum(ids != shape.special_tokens.image)
+    end = int(np.searchsorted(counted, GALLERY_TOKENS) + 1) if len(ids) else 0
+    end = min(end, len(ids))
+    cu_seqlens = row.get("cu_seqlens")
+    starts = {int(c) for c in (cu_seqlens if cu_seqlens is not None else []) if 0 < c < end}
+    spans = [
+        (int(offset), grid)
+        for offset, grid in zip(row["image_token_offsets"], row["images_spatial_crop"], strict=False)
+    ]
+    pieces: list[list[Any]] = []
+    first = 0
+    for position in range(1, end + 1):
+        if position < end and position not in starts and trained[position] == trained[first]:
+            continue
+        # One run: the same training state and no document break, decoded by the inspect helpers.
+        view = {
+            "image_token_offsets": [o - first for o, _ in spans if first <= o < position],
+            "images_spatial_crop": [g for o, g in spans if first <= o < position],
+        }
+        text = inspect_rows._sequence(view, ids[first:position], trained[first:position], shape, tokenizer)
+        if trained[first]:
+            text = text.removeprefix(inspect_rows.TRAINED_OPEN).removesuffix(inspect_rows.TRAINED_CLOSE)
+        pieces.append([bool(trained[first]), text])
+        if position in starts:
+            pieces.append([False, None])
+        first = position
+    return {"pieces": pieces, "more": len(ids) - end}
+
+
+def _gallery_html(gallery: dict[str, list[dict[str, Any]]] | None) -> list[str]:
+    """The gallery section: per source, a card per row with its thumbnail (or why there is none) and its
+    first tokens, the trained-on ones shaded."""
+    parts = [
+        '<h2 id="gallery">Gallery</h2>',
+        "<p>The first rows of each source's first shard. The thumbnail is the first image's local canvas as "
+        "the tiling lays it out (the image fitted and centred in grid · 384 px, grey padding), scaled to "
+        f"{THUMBNAIL_PX} px, with the tile grid drawn in red: an approximate drawing, lines within a pixel "
+        f"of their place. Tokens: the first {GALLERY_TOKENS} that are not &lt;image&gt;, decoded with the "
+        "output's tokenizer, each image span as one marker; "
+        '<span class="trained">shaded</span> text is trained on (label not -100).</p>',
+    ]
+    if not gallery:
+        return [*parts, '<p class="none">none: no source has rows.</p>']
+    for source, entries in gallery.items():
+        cards = "".join(_gallery_card(entry) for entry in entries)
+        parts.append(
+            f'<section class="gallery-source" id="gallery-{_esc(source)}" data-source="{_esc(source)}">'
+            f"<h3>{_esc(source)}</h3>{cards}</section>"
+        )
+    return parts
+
+
+def _gallery_card(entry: dict[str, Any]) -> str:
+    image = entry["image"]
+    if entry["note"] is not None:
+        picture, about = "", ""  # the note, below, says why
+    elif image is None:
+        picture = '<p class="none">no image (text only)</p>'
+        about = ""
+    else:
+        grid = "×".join(str(v) for v in image["grid"]) if image["grid"] else "?"
+        about = (
+            f" · image 1 of {image['images']}: {_esc(image['format'])} "
+            f"{image['width_px']}×{image['height_px']}, grid {_esc(grid)}"
+        )
+        picture = (
+            f'<img class="thumbnail" alt="canvas of {_esc(entry["sample_id"])}" '
+            f'src="data:image/png;base64,{image["thumbnail_png"]}">'
+            if image["thumbnail_png"] is not None
+            else f'<p class="none">{_esc(image["note"])}</p>'
+        )
+    tokens = entry["tokens"]
+    if entry["note"] is not None:
+        sequence = f'<p class="none">{_esc(entry["note"])}</p>'
+    elif tokens is None:
+        sequence = '<p class="none">the output\'s tokenizer was not found: no tokens decoded</p>'
+    else:
+        spans = "".join(
+            '<span class="break">── next document ──</span>'
+            if text is None
+            else f'<span class="trained">{_esc(text)}</span>'
+            if trained
+            else _esc(text)
+            for trained, text in tokens["pieces"]
+        )
+        more = f'<span class="more"> … {tokens["more"]:,} more tokens</span>' if tokens["more"] else ""
+        sequence = f'<pre class="tokens">{spans}{more}</pre>'
+    return (
+        f'<div class="sample" data-sample-id="{_esc(entry["sample_id"])}">{picture}'
+        f'<p class="about">{_esc(entry["kind"])} · key {_esc(entry["key"])} · {_esc(entry["shard"])} '
+        f"row {entry['row']} · {_fmt(entry['seq_len'])} tokens{about}</p>{sequence}</div>"
+    )
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

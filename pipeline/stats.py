@@ -106,6 +106,8 @@ bin i holding values in [bin_edges[i], bin_edges[i + 1]), the last bin closed):
   the manifest has no list of 65 counts), near_distance: {source: threshold} of the configured
   `dedup.near_distance` values (key "" for one the manifest records itself)}.
 - `decontamination`: null, or the manifest's counts per evaluation set as recorded.
+- `gallery`: source → up to 2 entries made from the first rows of its first shard, added by `jobs.stats`
+  (fields: `pipeline.report.gallery_entry`).
 - `problems`: [{path, message}] by path: files of the manifest whose statistics are left out because they
   cannot be read (truncated, not Parquet, missing) or hold rows that cannot be counted; empty for a sound
   output.

@@ -278,11 +278,12 @@ def test_a_job_that_writes_no_row_exits_1_unless_allowed(ray_session, tmp_path, 
 
 
 def test_progress_lines_count_records(tmp_path):
+    from jobs.progress import PartitionProgress
     from schemas.manifest import PartitionRecord, SourceTotals
 
     now = [0.0]
     stream = io.StringIO()
-    progress = pretokenize._Progress(4, stream, clock=lambda: now[0])
+    progress = PartitionProgress(4, stream, clock=lambda: now[0])
     for step in range(4):
         now[0] = 11.0 * (step + 1)
         totals = SourceTotals(read=100, written=98, rejected={"too_long": 2})

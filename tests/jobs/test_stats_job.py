@@ -1,9 +1,11 @@
 """The stats job through Ray on the example output: run by pretokenize at its end, numbers recomputed from the
-shards with pyarrow, the CLI with --report-dir, and a rerun that leaves the files alone; files that cannot be
-read or counted, without Ray."""
+shards with pyarrow, the gallery of every source's first rows, the CLI with --report-dir and its progress
+line, and a rerun that leaves the files alone; files that cannot be read or counted, without Ray."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import re
 import sys
@@ -19,6 +21,7 @@ from test_pretokenize import example_copy, run_job
 import model_shapes
 from jobs import cli
 from jobs import stats as stats_job
+from jobs.progress import Progress
 from pipeline import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipeline"))  # the shared test helpers
@@ -68,9 +71,48 @@ def test_pretokenize_writes_stats_that_match_the_shards(output):
     assert result["overall"]["text"]["top_tokens"][0]["text"] is not None
 
 
+def test_the_gallery_shows_the_first_rows_of_every_source_with_rows(output):
+    out = output / "out"
+    manifest = json.loads((out / "manifest.json").read_text())
+    gallery = json.loads((out / "stats" / "stats.json").read_text())["gallery"]
+    first: dict[str, str] = {}
+    for entry in manifest["shards"]:
+        if entry["rows"]:
+            first.setdefault(entry["source"], entry["path"])
+    assert list(gallery) == sorted(first) and len(first) >= 8
+    shown = 0
+    for source, entries in gallery.items():
+        rows = pq.ParquetFile(out / first[source]).read_row_group(0).slice(0, stats_job.GALLERY_ROWS)
+        assert [e["sample_id"] for e in entries] == rows.column("sample_id").to_pylist()
+        for entry in entries:
+            assert entry["shard"] == first[source] and any(
+                trained for trained, _ in entry["tokens"]["pieces"]
+            )
+            if entry["image"] is not None:
+                png = base64.b64decode(entry["image"]["thumbnail_png"])
+                assert png.startswith(b"\x89PNG\r\n\x1a\n")
+                shown += 1
+    assert shown >= 10
+    page = (out / "stats" / "report.html").read_text()
+    assert 'id="gallery"' in page
+    assert re.findall(r'<section class="gallery-source" id="gallery-([^"]+)"', page) == list(gallery)
+    thumbnails = re.findall(r'<img class="thumbnail" [^>]*src="data:image/png;base64,([^"]+)"', page)
+    assert len(thumbnails) == shown
+    assert all(base64.b64decode(data).startswith(b"\x89PNG\r\n\x1a\n") for data in thumbnails)
+    assert '<span class="trained">' in page
+
+
 def test_cli_report_dir_and_reruns_leave_stats_alone(output, tmp_path, capsys):
     out = output / "out"
     assert cli.main(["stats", str(out), "--report-dir", str(tmp_path)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    files = len(manifest["shards"]) + len(manifest["rejects"]) + len(manifest["filters"]["measurements"])
+    rows = sum(e["rows"] for key in ("shards", "rejects") for e in manifest[key])
+    rows += sum(e["rows"] for e in manifest["filters"]["measurements"])
+    progress = f"  {files}/{files} files · {rows:,} rows read · "
+    assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")][-1].startswith(
+        progress
+    )
     assert (tmp_path / "stats.json").read_bytes() == (out / "stats" / "stats.json").read_bytes()
     before = {p: p.stat().st_mtime_ns for p in (out / "stats").iterdir()}
     assert run_job(output / "job.yaml")[0] == 0
@@ -161,6 +203,20 @@ def test_a_parquet_file_that_is_not_a_shard_is_left_out(tmp_path):
     assert partial.problems[shard].startswith("rows 0-1 cannot be counted: ")
 
 
+def test_gallery_rows_of_a_damaged_file_are_shown_or_left_out_never_raised(tmp_path):
+    out = small_output(tmp_path)
+    shape, spec = model_shapes.load("toy"), ("demo", None)
+    pics = listed(out, "pics")
+    entries = stats_job.gallery_entries(str(out), pics, spec, shape)
+    assert [e["row"] for e in entries] == [0, 1] and all(e["image"]["thumbnail_png"] for e in entries)
+    chat = listed(out, "chat")
+    pq.write_table(pa.table({"x": [1, 2]}), out / chat)  # Parquet, but not a shard
+    (first, _) = stats_job.gallery_entries(str(out), chat, spec, shape)
+    assert first["sample_id"] is None and first["note"].startswith("the row cannot be shown: ")
+    (out / pics).write_bytes((out / pics).read_bytes()[:-100])  # cut short: its statistics name it
+    assert stats_job.gallery_entries(str(out), pics, spec, shape) == []
+
+
 @pytest.mark.timeout(180)
 def test_many_files_are_gathered_through_a_bounded_window(ray_session, tmp_path, monkeypatch):
     """The driver used to submit every file at once and `ray.wait` for one result at a time over all of
@@ -182,7 +238,12 @@ def test_many_files_are_gathered_through_a_bounded_window(ray_session, tmp_path,
 
     monkeypatch.setattr(stats_job, "IN_FLIGHT_PER_CPU", 1)  # the least window: 8 tasks
     monkeypatch.setattr(ray_session, "wait", wait)
-    merged = stats_job._partials(str(out), files, context, None, shape, None, None)
+    stream = io.StringIO()
+    progress = Progress(len(files), stream, counts=("rows read",), rate_unit="rows")
+    rows = {listed(out, "chat"): 5, listed(out, None): 1}
+    merged = stats_job._partials(str(out), files, context, None, shape, None, None, rows, progress)
+    progress.finish()
     assert merged == expected and merged.cells[("chat", "text")].rows == 20 * 5
+    assert re.fullmatch(r"  23/23 files · 103 rows read · [0-9.,]+ rows/s\n", stream.getvalue())
     assert max(size for size, _ in waits) == 8 and all(n == min(size, 2) for size, n in waits)
     assert len(waits) <= len(files) // 2 + 1

@@ -5,6 +5,7 @@ of a file that cannot be read, and a batch whose task fails, are problems of the
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -44,6 +45,9 @@ def test_corrupted_rows_are_named_by_the_job(ray_session, corrupted, capsys):
     out, bad = corrupted
     assert cli.main(["validate", str(out), "--batch-size", "4"]) == 1
     printed = capsys.readouterr()
+    # pics: 3 rows, one batch; chat: 5 rows, two batches. The last progress line says it all.
+    (progress,) = [line for line in printed.out.splitlines() if line.startswith("  ")][-1:]
+    assert re.fullmatch(r"  3/3 batches · 8 samples validated · 2 failed · [0-9.,]+ samples/s", progress)
     assert all(sample_id in printed.err.splitlines()[-1] for sample_id in bad)
     result = json.loads((out / "stats" / "validation.json").read_text())
     assert set(result["failed_sample_ids"]) == bad
@@ -51,6 +55,20 @@ def test_corrupted_rows_are_named_by_the_job(ray_session, corrupted, capsys):
     assert result["checks"]["visual_tokens"]["failed"] == 1 and result["checks"]["reader"]["failed"] == 1
     assert result["model"]["shape"] == "toy-small" and result["loss"]["count"] == 6
     assert set(result["expert_load"]) == {"1", "2"}
+
+
+@pytest.mark.timeout(300)
+def test_a_report_made_again_by_validate_keeps_the_gallery(ray_session, tmp_path):
+    out = small_output(tmp_path / "output")
+    report_dir = tmp_path / "report"
+    assert cli.main(["stats", str(out), "--report-dir", str(report_dir)]) == 0
+    gallery = json.loads((report_dir / "stats.json").read_text())["gallery"]
+    assert sorted(gallery) == ["chat", "pics"]
+    assert cli.main(["validate", str(out), "--samples", "2", "--report-dir", str(report_dir)]) == 0
+    page = (report_dir / "report.html").read_text()
+    assert 'id="validation"' in page
+    assert re.findall(r'<section class="gallery-source" id="gallery-([^"]+)"', page) == ["chat", "pics"]
+    assert len(re.findall(r'<img class="thumbnail"', page)) == len(gallery["pics"]) == 2
 
 
 def test_samples_report_dir_and_a_shape_that_does_not_fit(ray_session, corrupted, tmp_path, capsys):

@@ -1,20 +1,30 @@
 """pipeline.report: the HTML page is well formed, self-contained, titles and labels every plot, says "none"
 for a plot or table without data, and carries the run header, per-source rejects with percentages, packing,
 near-duplicate distances and decontamination when the statistics have them; the Markdown summary names every
-source."""
+source. The gallery: a canvas thumbnail with its tile grid per row, the first tokens decoded with trained
+text shaded, and rows without an image, without image bytes or with hostile ones shown as such."""
 
 from __future__ import annotations
 
 import base64
+import html
+import io
 import re
+import struct
+import warnings
+import zlib
 from html.parser import HTMLParser
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pyarrow as pa
+import pytest
+from PIL import Image
+from shard_support import TOK, TOY, row_of, text
+from shard_support import image as image_part
 from test_stats import CONTEXT, manifest_for, synthetic_rows
 
-from pipeline import packing, report, stats
+from pipeline import inspect_rows, packing, report, stats, tiling
 from schemas import reject as reject_schema
 from schemas import shard as shard_schema
 
@@ -92,7 +102,9 @@ def check_page(page: str) -> Checker:
         else:
             assert info["class"] == "none" and f"none: {info['data-empty']}." in info["text"], name
     embedded = re.findall(r'<img [^>]*src="data:image/png;base64,([^"]+)"', page)
-    assert len(embedded) == len(checker.images) == sum(i["image"] for i in checker.figure_info.values())
+    thumbnails = len(re.findall(r'<img class="thumbnail"', page))
+    plotted = sum(i["image"] for i in checker.figure_info.values())
+    assert len(embedded) == len(checker.images) == plotted + thumbnails
     assert all(base64.b64decode(data).startswith(b"\x89PNG\r\n\x1a\n") for data in embedded)
     assert [s for s in checker.sections if s in SECTIONS] == SECTIONS
     assert all(checker.tables), "a table without data rows"
@@ -330,3 +342,238 @@ def test_markdown_names_every_source():
     assert text.startswith("# vl2prep dataset report")
     for name in ("web", "gone", "empty"):
         assert f"| {name} |" in text
+
+
+# ----------------------------------------------------------------------------------------------------
+# the gallery
+
+BLUE = (20, 40, 220)
+
+
+def blue_image(width: int, height: int, fmt: str = "PNG") -> dict:
+    """An image input of one colour far from the grid lines' red."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), BLUE).save(buffer, format=fmt)
+    return {
+        "bytes": buffer.getvalue(),
+        "path": f"{width}x{height}",
+        "width": width,
+        "height": height,
+        "format": fmt,
+    }
+
+
+def caption_row(key: str, width: int, height: int) -> dict:
+    return row_of(
+        "pics",
+        key,
+        "caption",
+        [image_part(0), text("A blue field under a clear sky.")],
+        [blue_image(width, height)],
+    )
+
+
+def decoded_png(data: str) -> Image.Image:
+    raw = base64.b64decode(data)
+    assert raw.startswith(b"\x89PNG\r\n\x1a\n")
+    return Image.open(io.BytesIO(raw)).convert("RGB")
+
+
+def near(pixel: tuple[int, ...], colour: tuple[int, ...], tolerance: int = 12) -> bool:
+    return all(abs(a - b) <= tolerance for a, b in zip(pixel, colour, strict=True))
+
+
+@pytest.mark.parametrize(("width", "height"), [(1000, 380), (300, 900), (640, 640)])
+def test_the_thumbnail_is_the_local_canvas_with_its_tile_grid(width, height):
+    row = caption_row(f"k{width}", width, height)
+    grid = tuple(row["images_spatial_crop"][0])
+    assert grid == tiling.best_grid((width, height), TOY)
+    entry = report.gallery_entry(row, TOY, TOK, "shards/pics/part-0.parquet", 0)
+    shown = entry["image"]
+    assert shown["grid"] == list(grid) and shown["note"] is None
+    thumb = decoded_png(shown["thumbnail_png"])
+    canvas = (grid[0] * 384, grid[1] * 384)
+    scale = report.THUMBNAIL_PX / max(canvas)
+    assert thumb.size == (round(canvas[0] * scale), round(canvas[1] * scale))
+    red = (230, 30, 30)
+    for column in range(1, grid[0]):
+        x = round(column * thumb.width / grid[0])
+        assert all(thumb.getpixel((x, y)) == red for y in range(thumb.height))
+    for line in range(1, grid[1]):
+        y = round(line * thumb.height / grid[1])
+        assert all(thumb.getpixel((x, y)) == red for x in range(thumb.width))
+    # The image fills what `contain_size` gives it, centred; the rest of the canvas is grey padding.
+    fit_w, fit_h = (round(v * scale) for v in tiling.contain_size((width, height), canvas))
+    left, top = (thumb.width - fit_w) // 2, (thumb.height - fit_h) // 2
+    inside = (left + fit_w // 2 + 2, top + fit_h // 2 + 2)
+    assert near(thumb.getpixel(inside), BLUE)
+    if fit_w < thumb.width - 4:
+        assert near(thumb.getpixel((2, thumb.height // 2 + 2)), (127, 127, 127))
+    if fit_h < thumb.height - 4:
+        assert near(thumb.getpixel((thumb.width // 2 + 2, 2)), (127, 127, 127))
+
+
+def test_tokens_are_decoded_as_inspect_shows_them_with_trained_text_apart():
+    row = caption_row("short", 500, 300)
+    entry = report.gallery_entry(row, TOY, TOK, "shards/pics/part-0.parquet", 3)
+    assert (entry["sample_id"], entry["key"], entry["kind"], entry["row"]) == (
+        row["sample_id"],
+        "short",
+        "caption",
+        3,
+    )
+    pieces = entry["tokens"]["pieces"]
+    assert entry["tokens"]["more"] == 0 and entry["seq_len"] == len(row["input_ids"])
+    trained = "".join(t for is_trained, t in pieces if is_trained)
+    assert "A blue field under a clear sky." in trained and "<image" not in trained
+    grid = row["images_spatial_crop"][0]
+    marker = f"<image ×{row['num_image_tokens']} grid {grid[0]}×{grid[1]}>"
+    untrained = "".join(t for is_trained, t in pieces if not is_trained)
+    assert untrained.count("<image") == 1 and marker in untrained
+    # The same text `vl2prep inspect` prints, its «…» being the trained pieces.
+    rebuilt = "".join(
+        f"{inspect_rows.TRAINED_OPEN}{t}{inspect_rows.TRAINED_CLOSE}" if is_trained else t
+        for is_trained, t in pieces
+    )
+    inspected = inspect_rows.render_row(row, TOY, TOK)
+    assert rebuilt == inspected[inspected.index("trained on; the rest is no target):\n") :].split("\n", 1)[1]
+    again = report.gallery_entry(row, TOY, TOK, "shards/pics/part-0.parquet", 3)
+    assert again == entry  # thumbnail bytes included
+
+
+def test_only_the_first_tokens_are_shown_and_image_spans_do_not_count():
+    words = " ".join(f"word{i}" for i in range(200))
+    long_text = row_of("docs", "long", "text", [text(words)])
+    entry = report.gallery_entry(long_text, TOY, TOK, "shards/docs/part-0.parquet", 0)
+    assert entry["image"] is None
+    assert entry["tokens"]["more"] == len(long_text["input_ids"]) - report.GALLERY_TOKENS
+    long_caption = row_of("pics", "long", "caption", [image_part(0), text(words)], [blue_image(800, 400)])
+    entry = report.gallery_entry(long_caption, TOY, TOK, "shards/pics/part-0.parquet", 0)
+    shown = len(long_caption["input_ids"]) - entry["tokens"]["more"]
+    assert shown == report.GALLERY_TOKENS + long_caption["num_image_tokens"]
+
+
+def test_packed_rows_show_their_document_breaks():
+    documents = [row_of("docs", f"d{i}", "text", [text(f"Short document {i}.")]) for i in range(2)]
+    for row in documents:
+        row["input_ids"] = np.array(row["input_ids"], dtype=np.int32)
+        row["labels"] = np.array(row["labels"], dtype=np.int32)
+    packer = packing.Packer(64, TOY.special_tokens.pad)
+    (packed,) = [made for row in documents for made in packer.add(row)] + packer.flush()
+    pieces = report.gallery_entry(packed, TOY, TOK, "shards/docs/part-0.parquet", 0)["tokens"]["pieces"]
+    documents, current = [], ""
+    for _, piece in pieces:
+        if piece is None:
+            documents.append(current)
+            current = ""
+        else:
+            current += piece
+    # As `vl2prep inspect` breaks them: before each document of cu_seqlens, the padding after the last one.
+    assert [*documents, current][:2] == ["<bos>Short document 0.<eos>", "<bos>Short document 1.<eos>"]
+    assert re.fullmatch(r"<pad ×\d+>", current)
+
+
+def test_rows_without_image_bytes_or_with_hostile_ones_say_why():
+    by_reference = caption_row("ref", 400, 300)
+    by_reference["images"][0]["bytes"] = None
+    assert report.gallery_entry(by_reference, TOY, TOK, "s", 0)["image"]["note"] == (
+        "image stored by reference (sequence.embed_images: false): no thumbnail"
+    )
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 400 300\n" + b"0" * 64
+    for data in (b"not an image at all", eps, blue_image(400, 300)["bytes"][:60]):
+        hostile = caption_row("bad", 400, 300)
+        hostile["images"][0]["bytes"] = data
+        shown = report.gallery_entry(hostile, TOY, TOK, "s", 0)["image"]
+        assert shown["thumbnail_png"] is None and shown["note"].startswith("image cannot be decoded: ")
+        assert " at 0x" not in shown["note"]  # no memory address: stats.json stays the same bytes
+
+    # A header promising 9,000 × 8,000 px (72 M, past the thumbnail bound but not Pillow's own): no decoding.
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 9000, 8000, 8, 2, 0, 0, 0)
+    promised = caption_row("big", 400, 300)
+    promised["images"][0]["bytes"] = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        shown = report.gallery_entry(promised, TOY, TOK, "s", 0)["image"]
+    assert shown["note"] == "image cannot be decoded: 9000×8000 px is too large for a thumbnail"
+    huge_grid = caption_row("grid", 400, 300)
+    huge_grid["images_spatial_crop"] = [[100000, 1]]
+    assert report.gallery_entry(huge_grid, TOY, TOK, "s", 0)["image"]["note"] == (
+        "grid [100000, 1] is not a tile grid of toy"
+    )
+    assert report.gallery_entry(caption_row("t", 400, 300), TOY, None, "s", 0)["tokens"] is None
+    # Values no sound shard holds: the row is a card saying so, never an exception.
+    unpaired = caption_row("none", 400, 300)
+    unpaired["images_spatial_crop"] = [[None, 1]]
+    broken = report.gallery_entry(unpaired, TOY, TOK, "s", 0)
+    assert (broken["image"], broken["tokens"]) == (None, None)
+    assert broken["note"].startswith("the row cannot be shown: ")
+    card = report._gallery_card(broken)
+    assert html.escape(broken["note"]) in card and "text only" not in card
+
+
+def gallery_stats() -> dict:
+    result = example_stats()
+    pictures = [caption_row("a", 900, 300), caption_row("b", 300, 300)]
+    pictures[1]["images"][0]["bytes"] = None
+    plain = row_of("docs", "t", "text", [text("Nothing to see.")])
+    result["gallery"] = {
+        "pics": [
+            report.gallery_entry(r, TOY, TOK, "shards/pics/part-0.parquet", i) for i, r in enumerate(pictures)
+        ],
+        "docs": [report.gallery_entry(plain, TOY, None, "shards/docs/part-0.parquet", 0)],
+    }
+    return result
+
+
+class GalleryChecker(Checker):
+    """Also collects the gallery: per source section its cards, and each card's thumbnails and shaded text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gallery: dict[str, list[dict]] = {}
+        self.shading = 0
+
+    def handle_starttag(self, tag, attrs):
+        values = dict(attrs)
+        if tag == "section" and "gallery-source" in values.get("class", ""):
+            self.gallery[values["data-source"]] = []
+        if tag == "div" and values.get("class") == "sample":
+            next(reversed(self.gallery.values())).append({"thumbnails": [], "trained": ""})
+        if tag == "img" and values.get("class") == "thumbnail":
+            next(reversed(self.gallery.values()))[-1]["thumbnails"].append(values["src"])
+        if tag == "span" and values.get("class") == "trained" and "pre" in self.open:
+            self.shading += 1
+        super().handle_starttag(tag, attrs)
+
+    def handle_data(self, data):
+        if self.open[-2:] == ["pre", "span"] and self.shading:
+            next(reversed(self.gallery.values()))[-1]["trained"] += data
+        super().handle_data(data)
+
+
+def test_the_gallery_section_has_a_card_per_row_with_png_thumbnails_and_shaded_tokens():
+    result = gallery_stats()
+    page = report.html(result)
+    check_page(page)
+    checker = GalleryChecker()
+    checker.feed(page)
+    assert "gallery" in checker.sections
+    assert list(checker.gallery) == ["pics", "docs"]
+    assert [len(cards) for cards in checker.gallery.values()] == [2, 1]
+    (first, by_reference), (plain,) = checker.gallery["pics"], checker.gallery["docs"]
+    assert len(first["thumbnails"]) == 1 and first["thumbnails"][0].startswith("data:image/png;base64,")
+    decoded_png(first["thumbnails"][0].removeprefix("data:image/png;base64,"))
+    assert "A blue field under a clear sky." in first["trained"]
+    assert by_reference["thumbnails"] == [] and "stored by reference" in page
+    assert plain["thumbnails"] == [] and "no image (text only)" in page
+    assert "no tokens decoded" in page
+    # A report of statistics without a gallery (made before it existed) has no such section.
+    assert 'id="gallery"' not in report.html(example_stats())
