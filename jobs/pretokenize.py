@@ -1,7 +1,7 @@
 """The pretokenize job: sources → samples → token sequences → Parquet shards and a manifest, on Ray.
 
 The job is thin: the work of one input file (a *partition*) is `pipeline.partition.PartitionWorker`, a
-plain function of the config; this module plans, runs partitions on Ray actors, and commits.
+plain function of the config; this module plans, runs partitions as Ray tasks, and commits.
 
 1. plan (driver, before any work): validate the config, take the output folder's lease, settle what an
    earlier run left (below), list every source's files; partitions an interrupted run finished are
@@ -11,7 +11,8 @@ plain function of the config; this module plans, runs partitions on Ray actors, 
    and stages only their dedup keys (`_staging/keys/<partition>.parquet`, a few dozen bytes per sample);
    a hash-partitioned shuffle of the keys on Ray finds every key's first copy (`jobs.dedup`) and stages
    each partition's duplicates. Reading the input twice is cheaper than staging its image bytes.
-3. write (Ray actors, one partition at a time each, the tokenizer loaded once per actor): the worker marks
+3. write (one Ray task of one CPU per partition; a worker process loads the tokenizer once and keeps it
+   for the partitions, and the jobs, it runs next): the worker marks
    the partition started (`_staging/started/<partition>.json`), writes its final, compressed, checksummed
    files in place, one record batch at a time (`shards/<source>/part-<partition>-<k>.parquet`,
    `rejects/part-<partition>-<k>.parquet`, `filters/part-<partition>-<k>.parquet`; `shards/packed/` with
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import posixpath
 import re
 import resource
@@ -93,6 +95,9 @@ STATS_FILES = ("stats/stats.json", "stats/report.html", "stats/report.md", "stat
 OUTPUT_FILE = manifest_schema.OUTPUT_FILE
 PART_FILE = re.compile(r"part-([0-9]{5,})-[0-9]{3,}\.parquet")
 """A file a worker writes; the group is its partition's order."""
+IN_FLIGHT_PER_CPU = 2
+"""Partition tasks submitted per CPU of the cluster at a time: enough to keep every CPU busy while results
+come back, few enough that the driver holds a small window of references."""
 READ_THREADS = 16
 """Threads reading the staged records of partitions an earlier run finished (small files, latency-bound)."""
 
@@ -458,36 +463,38 @@ def _write_stats(config: JobConfig, out: shards.OutputDir, out_stream: Any, fres
 
 
 # ------------------------------------------------------------------------------------------------
-# the Ray part: partitions on a pool of actors, small records back
+# the Ray part: one task per partition, small records back
 
 
-class _RayWorker:
-    """Ray actor body: one `PartitionWorker` (the tokenizer loaded once), one partition at a time."""
+_TOKENIZERS: dict[tuple[str, str, str | None, str], Any] = {}
+"""The tokenizer this Ray worker process loaded last, by (sha256, path, kind, shape fingerprint): loaded once
+per process, which Ray reuses for task after task, job after job."""
 
-    def __init__(self, config: JobConfig, eval_index: Any) -> None:
-        self.config = config
-        self.worker = make_worker(config, eval_index)
-        self.out = shards.OutputDir(config.output_dir)
 
-    def keys(self, partition: Partition) -> tuple[int, int]:
-        keys = self.worker.keys(partition)
-        self.out.write_table(_keys_path(partition), keys, "none")
+def _partition_task(config: JobConfig, what: str, partition: Partition, eval_index: Any) -> Any:
+    """Ray task body: the dedup keys of one partition (`what="keys"`: staged, their count returned) or its
+    final files (`what="write"`: the partition's record returned, and staged as its `done` mark)."""
+    key = (config.tokenizer_sha256, config.tokenizer_path, config.tokenizer_kind, config.shape.fingerprint())
+    if key not in _TOKENIZERS:
+        _TOKENIZERS.clear()  # one at a time: a process serves one job's config at a time
+        _TOKENIZERS[key] = config.load_tokenizer()
+    worker = make_worker(config, eval_index, tokenizer=_TOKENIZERS[key])
+    out = shards.OutputDir(config.output_dir)
+    if what == "keys":
+        keys = worker.keys(partition)
+        out.write_table(_keys_path(partition), keys, "none")
         return partition.order, keys.num_rows
+    out.write_json(f"{STARTED}/{partition.prefix}.json", {"source": partition.source, "file": partition.file})
+    duplicates = None
+    if config.sources[partition.source_index].dedup is not None:
+        duplicates = dedup_stage.staged_duplicates(out, partition.prefix)
+    record = worker.write(partition, duplicates)
+    import ray
 
-    def write(self, partition: Partition) -> PartitionRecord:
-        self.out.write_json(
-            f"{STARTED}/{partition.prefix}.json", {"source": partition.source, "file": partition.file}
-        )
-        duplicates = None
-        if self.config.sources[partition.source_index].dedup is not None:
-            duplicates = dedup_stage.staged_duplicates(self.out, partition.prefix)
-        record = self.worker.write(partition, duplicates)
-        import ray
-
-        record.node = ray.get_runtime_context().get_node_id()
-        record.peak_rss_mib = peak_rss_mib()
-        self.out.write_json(f"{DONE}/{partition.prefix}.json", record.to_dict())
-        return record
+    record.node = ray.get_runtime_context().get_node_id()
+    record.peak_rss_mib = peak_rss_mib()
+    out.write_json(f"{DONE}/{partition.prefix}.json", record.to_dict())
+    return record
 
 
 def peak_rss_mib() -> float:
@@ -503,14 +510,14 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def make_worker(config: JobConfig, eval_index: Any = None) -> PartitionWorker:
-    """The `PartitionWorker` of a config (what each Ray actor of the job holds)."""
+def make_worker(config: JobConfig, eval_index: Any = None, tokenizer: Any = None) -> PartitionWorker:
+    """The `PartitionWorker` of a config, with its tokenizer (loaded unless given)."""
     special = config.shape.special_tokens
     assert special is not None  # the tokenizer check guarantees special ids
     return PartitionWorker(
         config.sources,
         config.shape,
-        config.load_tokenizer(),
+        tokenizer if tokenizer is not None else config.load_tokenizer(),
         config.output,
         config.packing,
         config.max_seq_len,
@@ -519,32 +526,27 @@ def make_worker(config: JobConfig, eval_index: Any = None) -> PartitionWorker:
     )
 
 
-def _run_partitions(config: JobConfig, method: str, partitions: list[Partition], eval_index: Any) -> Any:
-    """Run `_RayWorker.<method>` over `partitions` on a pool of actors (one per CPU, at most one per
-    partition); yields the results as they come. The actors are gone when the generator ends, so that
-    the CPUs they held are free for the next stage's tasks."""
-    if not partitions:
-        return
+def _run_partitions(config: JobConfig, what: str, partitions: list[Partition], eval_index: Any) -> Any:
+    """Run `_partition_task` over `partitions` as Ray tasks of one CPU each, at most `IN_FLIGHT_PER_CPU`
+    per CPU of the cluster at a time (each `ray.wait` looks at that window only, so gathering stays
+    linear in the number of partitions); yields the results as they come. Tasks are retried by Ray when a
+    worker dies: a partition's files are written again under the same names."""
     import ray
-    from ray.util import ActorPool
 
     cpus = ray.cluster_resources().get("CPU", 1.0)
-    size = max(1, min(int(cpus), len(partitions)))
-    actor = ray.remote(_RayWorker).options(
-        num_cpus=min(1.0, cpus),
-        max_restarts=2,
-        max_task_retries=2,  # writes are idempotent
-    )
-    actors = [actor.remote(config, eval_index) for _ in range(size)]
-    try:
-        pool = ActorPool(actors)
-        for partition in partitions:
-            pool.submit(lambda worker, p: getattr(worker, method).remote(p), partition)
-        while pool.has_next():
-            yield pool.get_next_unordered()
-    finally:
-        for worker in actors:
-            ray.kill(worker)
+    task = ray.remote(_partition_task).options(num_cpus=min(1.0, cpus), max_retries=3)
+    config_ref = ray.put(config)
+    waiting = iter(partitions)
+    in_flight = [
+        task.remote(config_ref, what, partition, eval_index)
+        for partition in itertools.islice(waiting, max(1, int(cpus * IN_FLIGHT_PER_CPU)))
+    ]
+    while in_flight:
+        ready, in_flight = ray.wait(in_flight, num_returns=1)
+        in_flight += [
+            task.remote(config_ref, what, partition, eval_index) for partition in itertools.islice(waiting, 1)
+        ]
+        yield ray.get(ready[0])
 
 
 def _read_records(out: shards.OutputDir, partitions: list[Partition]) -> dict[int, PartitionRecord]:
