@@ -2,8 +2,10 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-# Reinstall when the project's dependencies or their exact versions change.
+# Reinstall when the project's dependencies or their exact versions change: the package for demo and bench,
+# the test extra (pytest, ruff, a Ray cluster CLI, a local S3 server) on top of it for test and lint.
 INSTALLED := $(VENV)/.installed
+TEST_INSTALLED := $(VENV)/.installed-test
 # The exact versions the tests ran on; pyproject.toml holds the ranges a user's environment may satisfy.
 CONSTRAINTS := constraints.txt
 
@@ -14,6 +16,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(INSTALLED): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e .
+	touch $@
+
+$(TEST_INSTALLED): $(INSTALLED)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e ".[test]"
 	touch $@
 
@@ -24,10 +30,10 @@ demo: install
 	$(BIN)/vl2prep pretokenize jobs/examples/pretokenize.yaml --overwrite
 	$(BIN)/vl2prep validate out/example
 
-test: install lint
+test: $(TEST_INSTALLED) lint
 	$(BIN)/python -m pytest
 
-lint: install
+lint: $(TEST_INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
