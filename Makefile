@@ -19,9 +19,9 @@ $(INSTALLED): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e .
 	touch $@
 
-$(TEST_INSTALLED): $(INSTALLED)
+$(TEST_INSTALLED): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e ".[test]"
-	touch $@
+	touch $(INSTALLED) $@
 
 install: $(INSTALLED)
 
