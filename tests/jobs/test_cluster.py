@@ -3,8 +3,9 @@ shards, and the output is byte for byte the output of an embedded run.
 
 The cluster is the test's own: a head and a second raylet started with `ray start` on loopback, each with
 its own temp dir, free ports chosen at run time, token authentication with a token made for the test, and a
-home folder of its own. Its processes are stopped by their ids at the end (never `ray stop`, which would
-stop every Ray on the machine). Both nodes see the same disk here, so the config says `output.shared: true`;
+home folder of its own. Its processes are stopped by their ids at the end (never the ray CLI's stop command,
+which would stop every Ray on the machine). Both nodes see the same disk here, so the config says
+`output.shared: true`;
 without it the job refuses a local output on a multi-node cluster (`test_local_output_on_many_nodes...`).
 """
 
