@@ -99,7 +99,8 @@ class _Step:
 
 
 class PartitionWorker:
-    """Turns partitions into final files; one per process (it loads the tokenizer)."""
+    """Turns partitions into final files; cheap to make around a loaded tokenizer (the job makes one per
+    Ray task, the tokenizer kept by the worker process)."""
 
     def __init__(
         self,

@@ -192,9 +192,6 @@ class PartitionRecord:
             peak_rss_mib=record.get("peak_rss_mib", 0.0),
         )
 
-    def files(self) -> list[FileEntry]:
-        return [*self.shards, *self.rejects, *self.measurements]
-
 
 @dataclass
 class Manifest:
